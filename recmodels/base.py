@@ -52,12 +52,10 @@ class IdIndex:
     def positions(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Dense index of each raw id; -1 where the id is unknown."""
         values = np.asarray(values)
-        pos = np.searchsorted(self.ids, values)
-        pos = np.minimum(pos, len(self.ids) - 1) if len(self.ids) else np.zeros_like(pos)
-        known = (
-            (len(self.ids) > 0) & (self.ids[pos] == values) if len(self.ids) else np.zeros(len(values), bool)
-        )
-        return np.where(known, pos, -1)
+        if len(self.ids) == 0:
+            return np.full(len(values), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, values), len(self.ids) - 1)
+        return np.where(self.ids[pos] == values, pos, -1)
 
 
 def interaction_matrix(
