@@ -91,7 +91,6 @@ def top_k_dense(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n_cols)
     if k == 0:
         return np.empty((n_rows, 0), np.int64), np.empty((n_rows, 0), scores.dtype)
-    # Stable descending order: lexsort-free trick — argsort of -scores with kind="stable" on the partition.
     part = (
         np.argpartition(-scores, k - 1, axis=1)[:, :k]
         if k < n_cols
