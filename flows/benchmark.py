@@ -1,0 +1,170 @@
+"""The ``movielens-benchmark`` flow: prepare a MovieLens split once, train and evaluate models on it.
+
+download → parse → filter (k-core) → transpose? → split → prepared/<key>/ → train-evaluate per model,
+with one MLflow parent run per flow run, a nested run per model and a Prefect table artifact of results.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from prefect import flow, runtime
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, Field
+from recmodels.datasets import benchmark_home, check_dataset_name
+
+from recmodels import preprocessing
+from recmodels.errors import BenchmarkError
+from recmodels.registry import model_spec
+from tasks import data
+from tasks.prepared import load_prepared, prepared_key
+from tasks.tracking import experiment_id, git_commit, tracking_uri
+from tasks.train import Tracking, train_and_evaluate
+
+RESULT_COLUMNS = (
+    "model",
+    "precision_at_{k}",
+    "recall_at_{k}",
+    "ndcg_at_{k}",
+    "map_at_{k}",
+    "hr_at_{k}",
+    "mrr",
+    "coverage_at_{k}",
+    "fit_seconds",
+    "predict_seconds",
+    "peak_rss_mb",
+)
+
+
+class SplitConfig(BaseModel):
+    """How to split the filtered interactions; defaults reproduce SAR's published ML-100K protocol."""
+
+    strategy: Literal["random", "stratified", "temporal", "leave_one_out", "strong_generalization"] = (
+        "stratified"
+    )
+    ratios: list[float] = Field(default=[0.75, 0.25], description="train/test or train/validation/test")
+    seed: int = 42
+    n_heldout_users: int | None = Field(
+        default=None, description="strong_generalization: validation and test users each"
+    )
+
+    def params(self) -> dict[str, Any]:
+        """The fields that this strategy's splitter accepts."""
+        accepted = inspect.signature(getattr(preprocessing, f"split_{self.strategy}")).parameters
+        return {k: v for k, v in self.model_dump().items() if k in accepted and v is not None}
+
+
+def result_table(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Results rows reduced to the headline columns, rounded for display."""
+    columns = [c.format(k=k) for c in RESULT_COLUMNS]
+    return [{c: round(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns if c in r} for r in rows]
+
+
+@flow(name="movielens-benchmark")
+def movielens_benchmark(
+    size: str = "100k",
+    models: list[str] = ["popularity", "sar"],  # noqa: B006 - Prefect parameters are copied per run
+    min_interactions: int = 5,
+    implicit_threshold: float | None = None,
+    split: SplitConfig = SplitConfig(),  # noqa: B008
+    transpose: bool = False,
+    top_k: int = 10,
+    model_params: dict[str, dict[str, Any]] = {},  # noqa: B006
+    home: str | None = None,
+    mirror: str | None = None,
+    experiment: str = "movielens-benchmark",
+) -> list[dict[str, Any]]:
+    """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
+    synthetic-<shape>); returns one row of metrics, times and memory per model."""
+    logger = get_run_logger()
+    check_dataset_name(size)
+    for name in models:
+        model_spec(name)
+    unknown = set(model_params) - set(models)
+    if unknown:
+        raise BenchmarkError(f"model_params names {sorted(unknown)} which are not in models={models}")
+    root = Path(home).expanduser() if home else benchmark_home()
+
+    data_params = {
+        "size": size,
+        "min_interactions": min_interactions,
+        "implicit_threshold": implicit_threshold,
+        "split": split.strategy,
+        "split_params": split.params(),
+        "transpose": transpose,
+    }
+    key = prepared_key(data_params)
+    prepared = load_prepared(root, key)
+    if prepared is not None:
+        logger.info(
+            "cache hit: prepared data %s found at %s; skipping download, parse, filter, split, transpose",
+            key,
+            prepared.path,
+        )
+    else:
+        raw = data.download(size, root, mirror)
+        parsed = data.parse(size, raw, root)
+        frame = data.filter_interactions(parsed, min_interactions, implicit_threshold)
+        if transpose:
+            frame = data.transpose(frame)
+        result = data.split(frame, split.strategy, split.params())
+        prepared = data.write(root, key, result, data_params)
+
+    uri = tracking_uri(root)
+    client = MlflowClient(uri)
+    flow_run_id = str(runtime.flow_run.id or "")
+    tags = {
+        "dataset": "synthetic" if size.startswith("synthetic") else "movielens",
+        "size": size,
+        "split": split.strategy,
+        "prefect.flow_run_id": flow_run_id,
+        "git_commit": git_commit(),
+    }
+    exp_id = experiment_id(uri, root, experiment)
+    parent = client.create_run(
+        exp_id,
+        run_name=f"{size}-{runtime.flow_run.name or 'local'}",
+        tags={**tags, "model": ",".join(models)},
+    )
+    parent_id = parent.info.run_id
+    for name, value in {
+        **data_params,
+        "models": ",".join(models),
+        "top_k": top_k,
+        "prepared_key": key,
+    }.items():
+        client.log_param(parent_id, name, value)
+    client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
+    logger.info("MLflow parent run %s in experiment %s at %s", parent_id, experiment, uri)
+
+    tracking = Tracking(uri, exp_id, parent_id, tags)
+    output_dir = root / "runs" / (flow_run_id or parent_id)
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for name in models:
+        state = train_and_evaluate(
+            name, model_params.get(name, {}), prepared, top_k, tracking, output_dir, return_state=True
+        )
+        if state.is_completed():
+            rows.append(state.result())
+        else:
+            failures.append(f"{name}: {state.message}")
+
+    table = result_table(rows, top_k)
+    if table:
+        create_table_artifact(
+            table,
+            key="movielens-benchmark-results",
+            description=f"MovieLens {size}, {split.strategy} split, top-{top_k}; MLflow parent run {parent_id}",
+        )
+        client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
+    if failures:
+        client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FAILED))
+        raise BenchmarkError("model(s) failed: " + "; ".join(failures))
+    client.set_terminated(parent_id)
+    return rows

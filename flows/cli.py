@@ -1,0 +1,180 @@
+"""``movielens-benchmark`` command line: run the flow locally, list datasets, show past results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from rich.console import Console
+from rich.table import Table
+
+from recmodels.errors import BenchmarkError
+
+console = Console()
+
+
+def _model_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``sar.similarity=lift`` → {"sar": {"similarity": "lift"}}; values are JSON when they parse."""
+    params: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        model, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise BenchmarkError(
+                f"--param {pair!r} is not MODEL.NAME=VALUE, e.g. --param sar.similarity=lift"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params.setdefault(model, {})[name] = value
+    return params
+
+
+def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:
+        console.print("no results")
+        return
+    table = Table(title=title)
+    columns = list(rows[0])
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(
+            *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns))
+        )
+    console.print(table)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from flows.benchmark import SplitConfig, movielens_benchmark, result_table
+
+    split = SplitConfig(
+        strategy=args.split,
+        ratios=[float(r) for r in args.ratios.split(",")],
+        seed=args.seed,
+        n_heldout_users=args.heldout_users,
+    )
+    rows = movielens_benchmark(
+        size=args.size,
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        min_interactions=args.min_interactions,
+        implicit_threshold=args.implicit_threshold,
+        split=split,
+        transpose=args.transpose,
+        top_k=args.top_k,
+        model_params=_model_params(args.param),
+        home=args.home,
+        mirror=args.mirror,
+        experiment=args.experiment,
+    )
+    _print_rows(
+        result_table(rows, args.top_k), f"MovieLens {args.size} — {args.split} split, top-{args.top_k}"
+    )
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from recmodels.datasets import RELEASES, benchmark_home
+    from recmodels.synthetic import SYNTHETIC_SHAPES
+
+    home = benchmark_home() if args.home is None else __import__("pathlib").Path(args.home)
+    table = Table(title=f"Datasets (home: {home})")
+    for column in ("name", "source", "parsed"):
+        table.add_column(column)
+    for name, release in RELEASES.items():
+        table.add_row(
+            name, release.url, "yes" if (home / "interactions" / f"{name}.parquet").exists() else ""
+        )
+    for name, shape in SYNTHETIC_SHAPES.items():
+        parsed = "yes" if (home / "interactions" / f"{name}.parquet").exists() else ""
+        table.add_row(name, "synthetic {} users × {} items × {} interactions".format(*shape), parsed)
+    console.print(table)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+    from recmodels.datasets import benchmark_home
+
+    from tasks.tracking import tracking_uri
+
+    uri = tracking_uri(Path(args.home) if args.home else benchmark_home())
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise BenchmarkError(
+            f"no MLflow experiment {args.experiment!r} at {uri}; run `movielens-benchmark run`"
+        )
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.mlflow.parentRunId IS NULL",
+        order_by=["attributes.start_time DESC"],
+        max_results=args.last,
+    )
+    for parent in parents:
+        children = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+        rows = [{"model": c.info.run_name, **dict(sorted(c.data.metrics.items()))} for c in children]
+        _print_rows(rows, f"{parent.info.run_name} ({parent.info.status}, run {parent.info.run_id})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="movielens-benchmark", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the benchmark flow locally")
+    run.add_argument("--size", default="100k", help="100k, 1m, 10m, 20m, 25m, 32m, latest-small, synthetic-…")
+    run.add_argument("--models", default="popularity,sar", help="comma-separated model names")
+    run.add_argument("--min-interactions", type=int, default=5)
+    run.add_argument("--implicit-threshold", type=float, default=None)
+    run.add_argument(
+        "--split",
+        default="stratified",
+        choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
+    )
+    run.add_argument("--ratios", default="0.75,0.25")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--heldout-users", type=int, default=None)
+    run.add_argument("--transpose", action="store_true")
+    run.add_argument("--top-k", type=int, default=10)
+    run.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
+    run.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
+    run.add_argument("--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)")
+    run.add_argument("--experiment", default="movielens-benchmark")
+    run.set_defaults(func=cmd_run)
+
+    datasets = sub.add_parser("datasets", help="list releases and synthetic shapes")
+    datasets.add_argument("--home", default=None)
+    datasets.set_defaults(func=cmd_datasets)
+
+    show = sub.add_parser("show", help="show the latest results from MLflow")
+    show.add_argument("--home", default=None)
+    show.add_argument("--experiment", default="movielens-benchmark")
+    show.add_argument("--last", type=int, default=1)
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BenchmarkError as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

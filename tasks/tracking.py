@@ -1,0 +1,44 @@
+"""MLflow conventions of DESIGN.md: experiment, parent/child runs, tags, tracking URI defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "movielens-benchmark"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracking_uri(home: Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else SQLite under the benchmark home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def experiment_id(uri: str, home: Path, name: str = EXPERIMENT) -> str:
+    """Get or create the experiment; local stores keep artifacts under ``<home>/mlartifacts``."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (home / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:", "/")) else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another run
+        experiment = client.get_experiment_by_name(name)
+        assert experiment is not None
+        return experiment.experiment_id
+
+
+def git_commit() -> str:
+    """Commit of the project checkout the code runs from, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -1,0 +1,143 @@
+"""The train-and-evaluate task: fit one model on prepared data, recommend, evaluate, log to MLflow."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from recmodels import metrics
+from recmodels.registry import create_model, model_spec
+from tasks.prepared import PreparedData
+from tasks.profiling import measure
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where and under which parent run a task logs (passed to tasks that may run in other processes)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def model_parameters(model: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor parameter of ``model`` with its effective value (defaults included)."""
+    signature = inspect.signature(type(model).__init__)
+    values = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if name != "self" and p.default is not inspect.Parameter.empty
+    }
+    return {**values, **given}
+
+
+def _fit_and_recommend(model: Any, prepared: PreparedData, k: int) -> tuple[pd.DataFrame, Any, Any]:
+    """Follow the split's protocol: fold-in users (strong generalisation) or users seen in train."""
+    train = prepared.read("train")
+    test = prepared.read("test")
+    if prepared.has("test_fold_in"):
+        history = prepared.read("test_fold_in")
+        if hasattr(model, "recommend_fold_in"):
+            with measure() as fit:
+                model.fit(train)
+            with measure() as predict:
+                recs = model.recommend_fold_in(history, k=k, exclude_seen=True)
+            return recs, fit, predict
+        train = pd.concat([train, history], ignore_index=True)
+    with measure() as fit:
+        model.fit(train)
+    with measure() as predict:
+        recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=True)
+    return recs, fit, predict
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+@task(name="train-evaluate", task_run_name="train-evaluate-{name}", cache_policy=NO_CACHE)
+def train_and_evaluate(
+    name: str,
+    params: dict[str, Any],
+    prepared: PreparedData,
+    top_k: int,
+    tracking: Tracking,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """Fit ``name`` on the prepared train set, recommend top-``k`` for the test users, log everything.
+
+    Returns one results row: model, MLflow run id, metrics, times and memory.
+    """
+    logger = get_run_logger()
+    spec = model_spec(name)
+    mlflow.set_tracking_uri(tracking.uri)
+    tags = {**tracking.tags, "model": name}
+    with mlflow.start_run(
+        experiment_id=tracking.experiment_id,
+        run_name=name,
+        parent_run_id=tracking.parent_run_id,
+        nested=True,
+        tags=tags,
+    ) as run:
+        model = create_model(name, **params)
+        mlflow.log_params(model_parameters(model, params))
+        train_path = prepared.path / "train.parquet"
+        train_frame = prepared.read("train")
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                train_frame, source=train_path.as_uri(), name=f"{tags.get('size', 'data')}-{prepared.key}"
+            ),
+            context="training",
+        )
+        recs, fit, predict = _fit_and_recommend(model, prepared, top_k)
+        test = prepared.read("test")
+        n_items = train_frame["item_id"].nunique()
+        values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
+        n_users = test["user_id"].nunique()
+        values |= {
+            "fit_seconds": fit.seconds,
+            "predict_seconds": predict.seconds,
+            "peak_rss_mb": max(fit.peak_rss_mb, predict.peak_rss_mb),
+            "users_per_second": n_users / max(predict.seconds, 1e-9),
+            "interactions_per_second": len(train_frame) / max(fit.seconds, 1e-9),
+        }
+        mlflow.log_metrics(values)
+        for epoch in getattr(model, "history_", []):
+            step = int(epoch["epoch"])
+            mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
+        recs_path = _write_parquet(recs, output_dir / name / "recommendations.parquet")
+        mlflow.log_artifact(str(recs_path), artifact_path="recommendations")
+        _log_learning_curve(getattr(model, "history_", []), name)
+        logger.info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})
+        return {"model": name, "run_id": run.info.run_id, "gpu_model": spec.gpu, **values}
+
+
+def _log_learning_curve(history: list[dict[str, float]], name: str) -> None:
+    if not history or "loss" not in history[0]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
+    ax.set(xlabel="epoch", ylabel="training loss", title=f"{name} learning curve")
+    fig.tight_layout()
+    mlflow.log_figure(fig, "learning_curve.png")
+    plt.close(fig)
