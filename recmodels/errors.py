@@ -55,3 +55,7 @@ class NotFitted(BenchmarkError, RuntimeError):
 
 class UnknownSplit(BenchmarkError, ValueError):
     """A split strategy name that does not exist, or parameters it does not accept."""
+
+
+class InvalidConfig(BenchmarkError, ValueError):
+    """A model or run parameter out of its range, or a combination of them that is not supported."""
