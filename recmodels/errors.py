@@ -59,3 +59,7 @@ class UnknownSplit(BenchmarkError, ValueError):
 
 class InvalidConfig(BenchmarkError, ValueError):
     """A model or run parameter out of its range, or a combination of them that is not supported."""
+
+
+class StackFailed(BenchmarkError, RuntimeError):
+    """A stack service (Prefect server, MLflow server, worker, deploy) that cannot start or is unhealthy."""
