@@ -239,6 +239,19 @@ def test_strong_generalization_follows_the_vae_cf_notebook(ml_small: pd.DataFram
     assert set(out.frames()) == {"train", "validation", "test", "validation_fold_in", "test_fold_in"}
 
 
+def test_strong_generalization_holds_out_only_from_five_items() -> None:
+    # fold_in_fraction 0.5: a held-out user with 6 items predicts int(0.5·6) = 3 of them; one with 4
+    # items keeps all 4 in fold-in although int(0.5·4) = 2 (the notebook's n_items_u >= 5 rule).
+    rows = [(u, i, 1, 0) for u in range(20) for i in range(4 if u % 2 else 6)]
+    out = pp.split_strong_generalization(frame(rows), n_heldout_users=5, fold_in_fraction=0.5)
+    fold_in = pd.concat([out.validation_fold_in, out.test_fold_in]).groupby("user_id").size()
+    predicted = pd.concat([out.validation, out.test]).groupby("user_id").size()
+    predicted = predicted.reindex(fold_in.index, fill_value=0)
+    assert set(fold_in[predicted == 0].index) == {u for u in fold_in.index if u % 2}
+    assert (fold_in[predicted == 0] == 4).all() and (predicted[predicted > 0] == 3).all()
+    assert (predicted == 0).any() and (predicted > 0).any()
+
+
 def test_strong_generalization_defaults_and_determinism(ml_small: pd.DataFrame) -> None:
     out = pp.split_strong_generalization(ml_small)
     # 610 users: round(0.1·610) = 61 validation and 61 test users.

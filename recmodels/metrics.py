@@ -1,0 +1,276 @@
+"""Top-k ranking metrics with binary relevance, computed for all users at once.
+
+Inputs: ``recommendations``, DataFrame(user_id, item_id, rank[, score]) with rank 1 the best, and
+``truth``, DataFrame(user_id, item_id) whose rows are the relevant items. Conventions of every metric:
+
+- Each user's list is ordered by ``rank`` (ties broken by the lower item_id; a (user, item) pair listed
+  twice keeps its best rank) and numbered i = 1, 2, …; only i ≤ k counts, so at most k items per user.
+  Duplicate truth rows count once.
+- The mean runs over U, every user in ``truth``: a user without recommendations scores 0, and
+  recommendations for users outside ``truth`` are ignored. Microsoft Recommenders' ``python_evaluation``
+  averages precision, recall and MAP over the users present in both frames instead; the two agree when
+  every test user is recommended for (as in its SAR ML-100K notebook).
+
+Notation, for user u: R_u the relevant items, hit_u(i) = 1 if the item at position i is in R_u, and
+H_u(k) = Σ_{i≤k} hit_u(i) the hits in the top k.
+
+``ndcg_at_k_from_scores`` and ``recall_at_k_from_scores`` follow instead the dense protocol of Liang et
+al., "Variational Autoencoders for Collaborative Filtering", WWW 2018 (dawenl/vae_cf's
+``NDCG_binary_at_k_batch`` and ``Recall_at_k_batch``): a users × items score block against a held-out
+CSR block, one value per user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recmodels._columns import ITEM, USER, require_columns
+from recmodels.base import IdIndex, top_k_dense
+from recmodels.errors import EmptySplit, InvalidConfig
+
+Normalization = Literal["min", "relevant"]
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """Recommendation lists of the truth users; rows sorted by (user, position)."""
+
+    user: np.ndarray  # dense index of the row's truth user
+    position: np.ndarray  # 1-based position i in that user's list
+    hit: np.ndarray  # hit_u(i)
+    n_relevant: np.ndarray  # |R_u| for every truth user
+
+
+def precision_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """P@k = (1/|U|) Σ_u H_u(k) / k (a list shorter than k still divides by k, as in Recommenders)."""
+    return float(_precision(_lists(recommendations, truth), _check_k(k)).mean())
+
+
+def recall_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """R@k = (1/|U|) Σ_u H_u(k) / |R_u|."""
+    return float(_recall(_lists(recommendations, truth), _check_k(k)).mean())
+
+
+def f1_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """F1@k = 2·P@k·R@k / (P@k + R@k): the harmonic mean of the averaged precision and recall (0 if both 0).
+
+    This is the seed PoC's (Spotlight-based) table column. Neither Spotlight, whose
+    ``precision_recall_score`` returns per-user arrays, nor Recommenders' ``python_evaluation`` defines a
+    ranking F1, and the mean of per-user F1 would be a different, smaller-or-equal number.
+    """
+    lists = _lists(recommendations, truth)
+    return _f1(float(_precision(lists, _check_k(k)).mean()), float(_recall(lists, k).mean()))
+
+
+def map_at_k(
+    recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10, normalization: Normalization = "relevant"
+) -> float:
+    """MAP@k = (1/|U|) Σ_u (1/N_u) Σ_{i≤k} hit_u(i) · H_u(i) / i.
+
+    ``normalization="relevant"``: N_u = |R_u|, Recommenders' ``map`` (and its ``map_at_k`` before
+    1.2.0), the MAP of its published SAR ML-100K tables; hence the default. ``"min"``: N_u = min(k, |R_u|),
+    Recommenders' ``map_at_k`` since 1.2.0 and Spark's ``meanAveragePrecisionAt``, whose maximum is 1.
+    """
+    return float(_average_precision(_lists(recommendations, truth), _check_k(k), normalization).mean())
+
+
+def ndcg_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """NDCG@k = (1/|U|) Σ_u DCG_u / IDCG_u, with binary gains and a log2 discount:
+
+    DCG_u = Σ_{i≤k} hit_u(i) / log2(i + 1),   IDCG_u = Σ_{i ≤ min(k, |R_u|)} 1 / log2(i + 1).
+
+    Recommenders' default natural-log discount gives the same ratio.
+    """
+    return float(_ndcg(_lists(recommendations, truth), _check_k(k)).mean())
+
+
+def hit_rate_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """HR@k = (1/|U|) Σ_u [H_u(k) > 0]: the share of users with at least one relevant item in the top k."""
+    return float((_hits(_lists(recommendations, truth), _check_k(k)) > 0).mean())
+
+
+def mrr(recommendations: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """MRR = (1/|U|) Σ_u 1 / i_u, i_u the position of u's first hit in the whole list given (0 if none).
+
+    Unlike Spotlight's ``mrr_score`` (mean reciprocal rank of every test item in a full-catalog ranking),
+    this reads only the list given, so it is bounded by the list length the model was asked for.
+    """
+    return float(_reciprocal_rank(_lists(recommendations, truth)).mean())
+
+
+def recall_at_k_vaecf(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
+    """Recall@k of Liang et al. 2018 (Section 4.2, Metrics): (1/|U|) Σ_u H_u(k) / min(k, |R_u|).
+
+    Its maximum is 1 even for users with more than k relevant items, unlike :func:`recall_at_k`.
+    """
+    lists = _lists(recommendations, truth)
+    return float((_hits(lists, _check_k(k)) / np.minimum(k, lists.n_relevant)).mean())
+
+
+def catalog_coverage_at_k(recommendations: pd.DataFrame, n_items: int, k: int = 10) -> float:
+    """Coverage@k = |∪_u top-k(u)| / n_items: the share of the catalog recommended to at least one user.
+
+    Shani & Gunawardana, "Evaluating Recommendation Systems", Recommender Systems Handbook, 2011
+    (Recommenders' ``catalog_coverage``, which divides by the items in train instead of ``n_items``).
+    """
+    _, item, position = _ordered(recommendations)
+    n_covered = pd.unique(item[position <= _check_k(k)]).size
+    if not isinstance(n_items, int | np.integer) or n_items < n_covered or n_items < 1:
+        raise InvalidConfig(
+            f"n_items={n_items!r} is not a catalog size: {n_covered} distinct items are recommended; pass "
+            "the number of items in the catalog (e.g. in train)."
+        )
+    return n_covered / n_items
+
+
+def evaluate(
+    recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10, n_items: int | None = None
+) -> dict[str, float]:
+    """Every metric under its MLflow name (DESIGN.md), k in the names following ``k``.
+
+    Returns precision_at_k, recall_at_k, f1_at_k, map_at_k (``normalization="relevant"``), ndcg_at_k,
+    hr_at_k, mrr, and coverage_at_k when ``n_items`` is given; e.g. ``precision_at_10`` for k = 10.
+    """
+    lists = _lists(recommendations, truth)
+    precision, recall = float(_precision(lists, _check_k(k)).mean()), float(_recall(lists, k).mean())
+    values = {
+        f"precision_at_{k}": precision,
+        f"recall_at_{k}": recall,
+        f"f1_at_{k}": _f1(precision, recall),
+        f"map_at_{k}": float(_average_precision(lists, k, "relevant").mean()),
+        f"ndcg_at_{k}": float(_ndcg(lists, k).mean()),
+        f"hr_at_{k}": float((_hits(lists, k) > 0).mean()),
+        "mrr": float(_reciprocal_rank(lists).mean()),
+    }
+    if n_items is not None:
+        values[f"coverage_at_{k}"] = catalog_coverage_at_k(recommendations, n_items, k)
+    return values
+
+
+def ndcg_at_k_from_scores(scores: np.ndarray, heldout: sp.sparray | sp.spmatrix, k: int = 100) -> np.ndarray:
+    """Per-user NDCG@k of a dense score block: dawenl/vae_cf's ``NDCG_binary_at_k_batch``.
+
+    For row u: DCG_u = Σ_{i≤k} [heldout[u, top_i] > 0] / log2(i + 1) over the k best-scored items, and
+    IDCG_u = Σ_{i ≤ min(k, n_u)} 1 / log2(i + 1), n_u the non-zeros of row u. Score ties go to the lower
+    item index (the reference's ``bn.argpartition`` breaks them arbitrarily); ``-inf`` scores (fold-in
+    items masked as in the paper) are never counted. Average the returned values over all blocks.
+    """
+    relevant, n_relevant = _score_block(scores, heldout, _check_k(k))
+    discount = 1.0 / np.log2(np.arange(2, relevant.shape[1] + 2))
+    dcg = (relevant * discount).sum(axis=1)
+    idcg = np.cumsum(discount)[np.minimum(k, n_relevant) - 1]
+    return dcg / idcg
+
+
+def recall_at_k_from_scores(scores: np.ndarray, heldout: sp.sparray | sp.spmatrix, k: int = 20) -> np.ndarray:
+    """Per-user Recall@k of a dense score block: dawenl/vae_cf's ``Recall_at_k_batch``.
+
+    Row u: |top-k(u) ∩ heldout_u| / min(k, n_u), with the tie and ``-inf`` rules of
+    :func:`ndcg_at_k_from_scores`.
+    """
+    relevant, n_relevant = _score_block(scores, heldout, _check_k(k))
+    return relevant.sum(axis=1) / np.minimum(k, n_relevant)
+
+
+def _lists(recommendations: pd.DataFrame, truth: pd.DataFrame) -> _Lists:
+    require_columns(truth, (USER, ITEM), "truth")
+    if truth.empty:
+        raise EmptySplit("truth has no rows: evaluate against a test set that has interactions.")
+    users, items = IdIndex.from_values(truth[USER]), IdIndex.from_values(truth[ITEM])
+    pairs = np.unique(users.positions(truth[USER]) * len(items) + items.positions(truth[ITEM]))
+    user_id, item_id, position = _ordered(recommendations)
+    user = users.positions(user_id)
+    known = user >= 0
+    user, position, item = user[known], position[known], items.positions(item_id[known])
+    hit = (item >= 0) & np.isin(user * len(items) + item, pairs)
+    return _Lists(user, position, hit, np.bincount(pairs // len(items), minlength=len(users)))
+
+
+def _ordered(recommendations: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """user_id, item_id and 1-based position of each distinct (user, item), sorted by (user, position)."""
+    require_columns(recommendations, (USER, ITEM, "rank"), "recommendations")
+    user, item, rank = (recommendations[c].to_numpy() for c in (USER, ITEM, "rank"))
+    order = np.lexsort((item, rank, user))
+    user, item = user[order], item[order]
+    first = ~pd.DataFrame({USER: user, ITEM: item}).duplicated().to_numpy()
+    user, item = user[first], item[first]
+    return user, item, pd.Series(user).groupby(user).cumcount().to_numpy() + 1
+
+
+def _check_k(k: int) -> int:
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidConfig(f"k={k!r} is not a positive integer: pass the list length to evaluate, e.g. 10.")
+    return int(k)
+
+
+def _hits(lists: _Lists, k: int) -> np.ndarray:
+    top = lists.position <= k
+    return np.bincount(lists.user[top], weights=lists.hit[top], minlength=len(lists.n_relevant))
+
+
+def _precision(lists: _Lists, k: int) -> np.ndarray:
+    return _hits(lists, k) / k
+
+
+def _recall(lists: _Lists, k: int) -> np.ndarray:
+    return _hits(lists, k) / lists.n_relevant
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _average_precision(lists: _Lists, k: int, normalization: Normalization) -> np.ndarray:
+    if normalization not in ("min", "relevant"):
+        raise InvalidConfig(f"normalization={normalization!r} is not one of 'min', 'relevant'.")
+    top = (lists.position <= k) & lists.hit
+    user, position = lists.user[top], lists.position[top]
+    hits_so_far = pd.Series(user).groupby(user).cumcount().to_numpy() + 1  # H_u(i) at each hit
+    total = np.bincount(user, weights=hits_so_far / position, minlength=len(lists.n_relevant))
+    return total / (np.minimum(k, lists.n_relevant) if normalization == "min" else lists.n_relevant)
+
+
+def _ndcg(lists: _Lists, k: int) -> np.ndarray:
+    top = (lists.position <= k) & lists.hit
+    dcg = np.bincount(
+        lists.user[top], weights=1.0 / np.log2(lists.position[top] + 1), minlength=len(lists.n_relevant)
+    )
+    ideal = np.minimum(k, lists.n_relevant)
+    idcg = np.cumsum(1.0 / np.log2(np.arange(2, ideal.max() + 2)))[ideal - 1]
+    return dcg / idcg
+
+
+def _reciprocal_rank(lists: _Lists) -> np.ndarray:
+    # Rows are sorted by (user, position): a user's first hit row is its first row in the hit subset.
+    hit_users, first = np.unique(lists.user[lists.hit], return_index=True)
+    reciprocal = np.zeros(len(lists.n_relevant))
+    reciprocal[hit_users] = 1.0 / lists.position[lists.hit][first]
+    return reciprocal
+
+
+def _score_block(
+    scores: np.ndarray, heldout: sp.sparray | sp.spmatrix, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each row's top-k items (best first) are held out, and the held-out count of each row."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape != heldout.shape:
+        raise InvalidConfig(
+            f"scores has shape {scores.shape} but heldout {heldout.shape}: pass the held-out CSR block of "
+            "the same users (rows) and items (columns) as the score block."
+        )
+    is_relevant = (heldout > 0).toarray()
+    n_relevant = is_relevant.sum(axis=1)
+    if (n_relevant == 0).any():
+        raise EmptySplit(
+            f"{int((n_relevant == 0).sum())} rows of heldout have no item, so their NDCG/recall is 0/0; "
+            "evaluate only users with held-out items (split_strong_generalization keeps users with fewer "
+            "than 5 interactions wholly in fold-in)."
+        )
+    top, _ = top_k_dense(scores, k)
+    relevant = np.take_along_axis(is_relevant, np.maximum(top, 0), axis=1) & (top >= 0)
+    return relevant, n_relevant
