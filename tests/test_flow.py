@@ -1,0 +1,113 @@
+"""The real ``movielens-benchmark`` flow on MovieLens-100K: local Prefect API, MLflow on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.benchmark import SplitConfig, movielens_benchmark
+from recmodels.errors import UnknownDataset, UnknownModel
+
+
+def _task_names(flow_run_id) -> set[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0] for run in runs}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def first_run(home: Path, mirror: Path, prefect_api: None):
+    state = movielens_benchmark(home=str(home), mirror=str(mirror), return_state=True)
+    return state
+
+
+def test_sar_reproduces_published_figures_and_beats_popularity(first_run) -> None:
+    rows = {row["model"]: row for row in first_run.result()}
+    sar, pop = rows["sar"], rows["popularity"]
+    # Recommenders' sar_movielens notebook: stratified 75/25 (seed 42), jaccard, 30-day half-life, top-10.
+    assert sar["precision_at_10"] == pytest.approx(0.3308, abs=0.01)
+    assert sar["recall_at_10"] == pytest.approx(0.1764, abs=0.01)
+    assert sar["ndcg_at_10"] == pytest.approx(0.3825, abs=0.01)
+    assert sar["precision_at_10"] > pop["precision_at_10"] + 0.05
+    assert sar["ndcg_at_10"] > pop["ndcg_at_10"] + 0.05
+    assert sar["fit_seconds"] > 0 and sar["peak_rss_mb"] > 0
+
+
+def test_mlflow_holds_parent_and_child_runs(first_run, home: Path) -> None:
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("movielens-benchmark")
+    runs = client.search_runs([experiment.experiment_id])
+    flow_run_id = str(first_run.state_details.flow_run_id)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"popularity", "sar"}
+    for run in [parent, *children.values()]:
+        tags = run.data.tags
+        assert tags["size"] == "100k" and tags["dataset"] == "movielens" and tags["split"] == "stratified"
+        assert tags["prefect.flow_run_id"] == flow_run_id
+        assert tags["git_commit"]
+    sar = children["sar"]
+    assert sar.data.tags["model"] == "sar"
+    assert sar.data.params["similarity"] == "jaccard"
+    assert float(sar.data.params["time_decay_days"]) == 30
+    assert {"precision_at_10", "ndcg_at_10", "fit_seconds", "predict_seconds", "peak_rss_mb"} <= set(
+        sar.data.metrics
+    )
+    assert sar.inputs.dataset_inputs, "the training dataset is logged with mlflow.log_input"
+    artifacts = {a.path for a in client.list_artifacts(sar.info.run_id, "recommendations")}
+    assert artifacts == {"recommendations/recommendations.parquet"}
+
+
+def test_flow_runs_data_tasks_then_rerun_hits_the_cache(first_run, home: Path, mirror: Path) -> None:
+    assert {"download", "parse", "filter", "split", "write-prepared"} <= _task_names(
+        first_run.state_details.flow_run_id
+    )
+    prepared = next((home / "prepared").iterdir())
+    manifest_mtime = (prepared / "manifest.json").stat().st_mtime_ns
+    rerun = movielens_benchmark(
+        home=str(home),
+        mirror=str(mirror),
+        models=["sar"],
+        model_params={"sar": {"similarity": "lift"}},
+        return_state=True,
+    )
+    assert rerun.is_completed()
+    assert _task_names(rerun.state_details.flow_run_id) == {"train-evaluate"}
+    assert (prepared / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    assert len(list((home / "prepared").iterdir())) == 1
+
+
+def test_other_split_parameters_make_a_new_prepared_folder(home: Path, mirror: Path, first_run) -> None:
+    rows = movielens_benchmark(
+        home=str(home),
+        mirror=str(mirror),
+        models=["popularity"],
+        split=SplitConfig(strategy="random", ratios=[0.8, 0.2], seed=1),
+        transpose=True,
+    )
+    assert rows[0]["precision_at_10"] > 0
+    assert len([p for p in (home / "prepared").iterdir() if not p.name.startswith(".")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"size": "3m"}, UnknownDataset, "3m"),
+        ({"models": ["sar", "deepfm"]}, UnknownModel, "deepfm"),
+    ],
+)
+def test_bad_parameters_fail_the_flow_with_the_fix(kwargs, error, match, home: Path, prefect_api: None) -> None:
+    with pytest.raises(error, match=match):
+        movielens_benchmark(home=str(home), **kwargs)
