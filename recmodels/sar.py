@@ -67,7 +67,7 @@ DENSE_SIMILARITY_BYTES = 2**28
 def cooccurrence(seen: sp.csr_matrix) -> sp.csr_matrix:
     """Item co-occurrence C = Bᵀ B of the binarised users × items matrix ``seen`` (int64 counts)."""
     binary = seen.astype(bool).astype(np.int64)
-    return (binary.T @ binary).tocsr()
+    return binary.T.tocsr() @ binary  # CSR @ CSR: no conversion of the (large) product
 
 
 def similarity_from_cooccurrence(
@@ -131,7 +131,12 @@ def normalize_scores(
 
 @dataclass(eq=False)
 class SAR:
-    """Smart Adaptive Recommendations with SARSingleNode's defaults (see the module docstring)."""
+    """Smart Adaptive Recommendations with SARSingleNode's defaults (see the module docstring).
+
+    Fitted attributes: ``users_`` and ``items_`` (raw id ⇄ row/column), ``seen_`` (users × items, the
+    non-zeros are the seen pairs), ``affinity_`` (A), ``unit_affinity_`` (W, only with ``normalize``),
+    ``similarity_`` (S, items × items CSR), ``time_now_`` (None without decay) and ``rating_range_``.
+    """
 
     similarity: Similarity = "jaccard"
     time_decay_days: float | None = 30.0
@@ -146,7 +151,7 @@ class SAR:
     affinity_: sp.csr_matrix = field(init=False, repr=False)
     unit_affinity_: sp.csr_matrix | None = field(init=False, repr=False)
     similarity_: sp.csr_matrix = field(init=False, repr=False)
-    time_now_: float = field(init=False, repr=False)
+    time_now_: float | None = field(init=False, repr=False)
     rating_range_: tuple[float, float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -167,7 +172,7 @@ class SAR:
         return (USER, ITEM, RATING) if self.time_decay_days is None else (USER, ITEM, RATING, TIMESTAMP)
 
     def _weights(self, interactions: pd.DataFrame) -> np.ndarray:
-        if self.time_decay_days is None:
+        if self.time_now_ is None:
             return np.ones(len(interactions))
         return decay_weights(interactions[TIMESTAMP].to_numpy(), self.time_now_, self.time_decay_days)
 
@@ -178,6 +183,7 @@ class SAR:
             raise EmptySplit("SAR train has no rows; fit on a non-empty train split.")
         self.users_ = IdIndex.from_values(train[USER])
         self.items_ = IdIndex.from_values(train[ITEM])
+        self.time_now_ = None
         if self.time_decay_days is not None:
             self.time_now_ = float(train[TIMESTAMP].max() if self.time_now is None else self.time_now)
         ratings = train[RATING]
@@ -196,7 +202,10 @@ class SAR:
     def recommend(
         self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True
     ) -> pd.DataFrame:
-        """Top-``k`` items for ``users`` (default: all of train's); unknown users get no rows."""
+        """Top-``k`` items for ``users`` (default: all of train's), seen items excluded unless told.
+
+        Users unknown to the model get no rows; the others come in the order given.
+        """
         require_fitted(hasattr(self, "similarity_"), "SAR")
         user_ids = (
             self.users_.ids

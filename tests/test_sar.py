@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recmodels import sar
 from recmodels._columns import ITEM, RATING, TIMESTAMP, USER
 from recmodels.errors import EmptySplit, InvalidConfig, MissingColumns, NotFitted
 from recmodels.sar import SAR
@@ -229,6 +230,16 @@ def test_blocks_do_not_change_results():
     whole = SAR(normalize=True).fit(train).recommend(k=5)
     blocked = SAR(normalize=True, block_size=7).fit(train).recommend(k=5)
     pd.testing.assert_frame_equal(whole, blocked)
+
+
+def test_sparse_and_dense_similarity_give_the_same_lists(monkeypatch):
+    train = random_interactions(np.random.default_rng(5), n_users=40, n_items=30)
+    exact = SAR(similarity="counts", time_decay_days=None).fit(train)  # integer scores: exact ties
+    normalized = SAR(normalize=True).fit(train)
+    dense = exact.recommend(k=8), normalized.recommend(k=8)
+    monkeypatch.setattr(sar, "DENSE_SIMILARITY_BYTES", 0)
+    pd.testing.assert_frame_equal(exact.recommend(k=8), dense[0])
+    pd.testing.assert_frame_equal(normalized.recommend(k=8), dense[1], check_exact=False, rtol=1e-12)
 
 
 # --- Recommenders' SARSingleNode -----------------------------------------------------------------------
