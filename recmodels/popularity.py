@@ -61,12 +61,16 @@ class Popularity:
     ) -> pd.DataFrame:
         """Top-``k`` items for ``users`` (default: all of train's); unknown users get no rows."""
         require_fitted(hasattr(self, "counts_"), "Popularity")
-        user_ids = self.users_.ids if users is None else pd.unique(np.asarray(list(users), self.users_.ids.dtype))
+        user_ids = (
+            self.users_.ids if users is None else pd.unique(np.asarray(list(users), self.users_.ids.dtype))
+        )
         rows = self.users_.positions(user_ids)
         known = rows >= 0
         return self._top_k(user_ids[known], self.seen_[rows[known]], k, exclude_seen)
 
-    def recommend_fold_in(self, history: pd.DataFrame, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommend_fold_in(
+        self, history: pd.DataFrame, k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
         """Top-``k`` items for every user of ``history`` (users need not be in train; no refit)."""
         require_fitted(hasattr(self, "counts_"), "Popularity")
         require_columns(history, (USER, ITEM), "Popularity fold-in history")
