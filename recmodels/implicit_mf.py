@@ -1,0 +1,313 @@
+"""Implicit-feedback matrix factorisation trained by negative sampling: Spotlight's ImplicitFactorizationModel.
+
+Model (Koren, Bell & Volinsky, "Matrix factorization techniques for recommender systems", Computer 2009,
+as in Spotlight's ``BilinearNet``): user u and item i have d-dimensional factors p_u, q_i and biases b_u, c_i,
+
+    ŷ(u, i) = p_u · q_i + b_u + c_i,
+
+factors drawn from N(0, (1/d)²) (Spotlight's ``ScaledEmbedding``), biases starting at 0 (``ZeroEmbedding``).
+
+Training (Spotlight's ``ImplicitFactorizationModel.fit``): every row of train is a positive pair (u, i);
+ratings are ignored and a repeated row counts each time. Each epoch shuffles the rows and cuts them into
+minibatches of ``batch_size``. Every positive gets negatives j drawn uniformly from all items (a positive
+may be drawn; Spotlight's ``sample_items``): one, or ``num_negatives`` for adaptive hinge. Each minibatch
+takes one dense Adam step (Kingma & Ba, ICLR 2015; L2 as ``weight_decay=l2``) on the batch mean of
+
+    pointwise        1 − σ(ŷ(u,i)) + σ(ŷ(u,j))
+    bpr              1 − σ(ŷ(u,i) − ŷ(u,j))                  Rendle et al., UAI 2009 (Spotlight's form, no log)
+    hinge            max(0, 1 − ŷ(u,i) + ŷ(u,j))
+    adaptive_hinge   max(0, 1 − ŷ(u,i) + maxₙ ŷ(u,jₙ))       WARP-like, Weston et al., IJCAI 2011
+
+and the epoch loss is the mean of its minibatch losses. Spotlight's default loss is ``pointwise``; ours,
+as the issue asks, is ``bpr``.
+
+Same algorithm, less work per step: the four tables are one tensor, rows [p_u | b_u] for users then
+[q_i | c_i] for items, so a minibatch is one gather, its gradient (written out in
+:func:`minibatch_gradient`) one ``index_add_``, and the Adam step one fused kernel; index tensors live on
+the device, negatives come from ``torch.randint`` and nothing per row runs in Python. With
+α = ∂loss/∂ŷ(u,i) and β = ∂loss/∂ŷ(u,j) for a triple (u, i, j):
+
+    ∂/∂[p_u | b_u] = α [q_i | 1] + β [q_j | 1],   ∂/∂[q_i | c_i] = α [p_u | 1],   ∂/∂[q_j | c_j] = β [p_u | 1];
+
+adaptive hinge's gradient reaches only the highest-scored of the n negatives, as ``torch.max`` routes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recmodels._columns import ITEM, USER, require_columns
+from recmodels.base import IdIndex, interaction_matrix, recommendations_frame, require_fitted
+from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingExtra
+
+try:
+    import torch
+except ImportError:  # the [torch] extra is optional: this module imports, the model refuses to start
+    torch = None
+
+Loss = Literal["pointwise", "bpr", "hinge", "adaptive_hinge"]
+SCORE_BLOCK_ELEMENTS = 1 << 24  # users × items scores held at once by ``recommend`` (64 MiB in float32)
+
+
+class BilinearNet(torch.nn.Module if torch is not None else object):
+    """Spotlight's ``BilinearNet`` as one table ``weight``: rows [p_u | b_u] of users, then [q_i | c_i]."""
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        embedding_dim: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        weight = torch.zeros(n_users + n_items, embedding_dim + 1, device=device)
+        weight[:, :-1].normal_(0.0, 1.0 / embedding_dim, generator=generator)
+        self.weight = torch.nn.Parameter(weight)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """ŷ(u, i) for dense user and item positions (broadcast against each other)."""
+        u, i = self.weight[users], self.weight[self.n_users + items]
+        return (u[..., :-1] * i[..., :-1]).sum(-1) + u[..., -1] + i[..., -1]
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """ŷ(u, i) of the given dense user positions (rows) for every item (columns)."""
+        u, items = self.weight[users], self.weight[self.n_users :]
+        return torch.addmm(items[:, -1] + u[:, -1:], u[:, :-1], items[:, :-1].T)
+
+
+def loss_and_gradients(
+    loss: Loss, positive: torch.Tensor, negative: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-mean ``loss`` of scores ŷ(u,i), ŷ(u,j) and its derivatives α, β with respect to each of them.
+
+    For adaptive hinge, ``negative`` is already the highest negative score of each row.
+    """
+    n = positive.shape[0]
+    if loss == "pointwise":
+        sig_pos, sig_neg = torch.sigmoid(positive), torch.sigmoid(negative)
+        return (1 - sig_pos + sig_neg).mean(), sig_pos * (sig_pos - 1) / n, sig_neg * (1 - sig_neg) / n
+    if loss == "bpr":
+        sig = torch.sigmoid(positive - negative)
+        alpha = sig * (sig - 1) / n
+        return (1 - sig).mean(), alpha, -alpha
+    margin = 1 - positive + negative  # hinge and adaptive hinge; torch.clamp passes the gradient at 0
+    alpha = (margin >= 0).to(margin.dtype) / -n
+    return margin.clamp(min=0).mean(), alpha, -alpha
+
+
+def minibatch_gradient(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    loss: Loss,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean loss of one minibatch; its dense gradient with respect to the table ``weight`` goes to ``grad``.
+
+    ``users`` and ``positives`` (shape B) and ``negatives`` (shape n × B) are rows of ``weight``; more than
+    one negative per positive means adaptive hinge's max. ``compute_dtype`` (e.g. bfloat16) is the
+    precision of the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
+    """
+    batch = users.shape[0]
+    rows = weight.index_select(0, torch.cat([users, positives, negatives.reshape(-1)]))
+    rows = rows.to(compute_dtype or weight.dtype)
+    ones = rows.clone()
+    ones[:, -1] = 1  # [p_u | 1] and [q_i | 1]: each side's bias meets a 1 on the other side
+    items = rows[batch:].view(-1, batch, rows.shape[1])  # (1 + n) × B × (d + 1): positives, negatives
+    user_ones, item_ones = ones[:batch], ones[batch:].view_as(items)
+    scores = (items * user_ones).sum(-1) + rows[:batch, -1]
+    negative, hardest = scores[1:].max(0)
+    value, alpha, beta = loss_and_gradients(loss, scores[0], negative)
+    negative_ones = item_ones[1:].gather(0, hardest.view(1, batch, 1).expand(1, batch, rows.shape[1]))[0]
+    alpha, beta = alpha[:, None], beta[:, None]
+    grad_rows = torch.cat([alpha * item_ones[0] + beta * negative_ones, alpha * user_ones, beta * user_ones])
+    index = torch.cat([users, positives, negatives.gather(0, hardest[None])[0]])
+    grad.zero_().index_add_(0, index, grad_rows.to(grad.dtype))
+    return value.to(grad.dtype)
+
+
+@dataclass(eq=False)
+class ImplicitFactorization:
+    """Spotlight's ImplicitFactorizationModel (module docstring) with its defaults, ``loss`` aside.
+
+    ``device="auto"`` trains on CUDA when it is visible, else on the CPU; ``mixed_precision`` does the
+    batch arithmetic in bfloat16 (float32 table and Adam state), meant for GPUs. After ``fit``:
+    ``history_`` (one dict per epoch: epoch, loss, epoch_seconds, interactions_per_second) and
+    ``module_`` (the trained :class:`BilinearNet`, e.g. for ``mlflow.pytorch.log_model``).
+    """
+
+    loss: Loss = "bpr"
+    n_iter: int = 10
+    embedding_dim: int = 32
+    batch_size: int = 256
+    learning_rate: float = 1e-2
+    l2: float = 0.0
+    num_negatives: int = 5
+    device: str = "auto"
+    seed: int | None = None
+    mixed_precision: bool = False
+
+    users_: IdIndex = field(init=False, repr=False)
+    items_: IdIndex = field(init=False, repr=False)
+    seen_: sp.csr_matrix = field(init=False, repr=False)
+    module_: BilinearNet = field(init=False, repr=False)
+    history_: list[dict[str, float]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if torch is None:
+            raise MissingExtra("implicit_mf needs PyTorch: pip install -e '.[torch]'")
+        if self.loss not in get_args(Loss):
+            raise InvalidConfig(f"implicit_mf loss={self.loss!r} is unknown; choose from {get_args(Loss)}.")
+        for name in ("n_iter", "embedding_dim", "batch_size", "num_negatives"):
+            if getattr(self, name) < 1:
+                raise InvalidConfig(f"implicit_mf {name}={getattr(self, name)} must be an integer >= 1.")
+        if not self.learning_rate > 0:
+            raise InvalidConfig(f"implicit_mf learning_rate={self.learning_rate} must be > 0 (Adam's step).")
+        if not self.l2 >= 0:
+            raise InvalidConfig(f"implicit_mf l2={self.l2} must be >= 0 (Adam's weight_decay).")
+        resolve_device(self.device)
+
+    def fit(self, train: pd.DataFrame) -> ImplicitFactorization:
+        """Train from scratch on the (user_id, item_id) rows of ``train`` for ``n_iter`` epochs."""
+        require_columns(train, (USER, ITEM), "implicit_mf train")
+        if train.empty:
+            raise EmptySplit("implicit_mf train has no rows; fit on a non-empty train split.")
+        device = resolve_device(self.device)
+        self.users_, self.items_ = IdIndex.from_values(train[USER]), IdIndex.from_values(train[ITEM])
+        self.seen_ = interaction_matrix(train, self.users_, self.items_)
+        n_users, n_items = len(self.users_), len(self.items_)
+        users = torch.as_tensor(self.users_.positions(train[USER].to_numpy()), device=device)
+        items = torch.as_tensor(self.items_.positions(train[ITEM].to_numpy()) + n_users, device=device)
+        generator = torch.Generator(device=device)
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        self.module_ = BilinearNet(n_users, n_items, self.embedding_dim, generator, device)
+        optimizer = torch.optim.Adam(
+            self.module_.parameters(), lr=self.learning_rate, weight_decay=self.l2, fused=True
+        )
+        self.history_ = []
+        for epoch in range(1, self.n_iter + 1):
+            start = time.perf_counter()
+            loss = self._epoch(optimizer, users, items, generator)
+            seconds = time.perf_counter() - start
+            if not np.isfinite(loss):
+                raise InvalidConfig(
+                    f"implicit_mf training diverged: epoch {epoch} loss is {loss}; lower learning_rate "
+                    f"(now {self.learning_rate})."
+                )
+            self.history_.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss,
+                    "epoch_seconds": seconds,
+                    "interactions_per_second": len(users) / seconds,
+                }
+            )
+        return self
+
+    def _epoch(
+        self,
+        optimizer: torch.optim.Optimizer,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        generator: torch.Generator,
+    ) -> float:
+        """One shuffled pass over the rows; the mean of the minibatch losses (one device sync, at the end)."""
+        weight = self.module_.weight
+        n_users, n_items = self.module_.n_users, self.module_.n_items
+        n_negatives = self.num_negatives if self.loss == "adaptive_hinge" else 1
+        compute_dtype = torch.bfloat16 if self.mixed_precision else None
+        order = torch.randperm(len(users), generator=generator, device=users.device)
+        users, items = users[order], items[order]
+        total = torch.zeros((), device=users.device)
+        weight.grad = torch.zeros_like(weight)
+        with torch.no_grad():
+            for start in range(0, len(users), self.batch_size):
+                batch_users = users[start : start + self.batch_size]
+                negatives = torch.randint(
+                    n_users,
+                    n_users + n_items,
+                    (n_negatives, len(batch_users)),
+                    generator=generator,
+                    device=users.device,
+                )
+                total += minibatch_gradient(
+                    weight,
+                    weight.grad,
+                    batch_users,
+                    items[start : start + self.batch_size],
+                    negatives,
+                    self.loss,
+                    compute_dtype,
+                )
+                optimizer.step()
+        return total.item() / -(-len(users) // self.batch_size)
+
+    def recommend(
+        self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
+        """Top-``k`` items by ŷ for ``users`` (default: all of train's), scored and ranked on the device.
+
+        Unknown users get no rows. Exact score ties keep ``torch.topk``'s order.
+        """
+        require_fitted(hasattr(self, "module_"), "ImplicitFactorization")
+        if k < 1:
+            raise InvalidConfig(f"k={k} must be >= 1 (the number of items to return per user).")
+        user_ids = (
+            self.users_.ids if users is None else pd.unique(np.asarray(list(users), self.users_.ids.dtype))
+        )
+        rows = self.users_.positions(user_ids)
+        user_ids, rows = user_ids[rows >= 0], rows[rows >= 0]
+        k = min(k, len(self.items_))
+        device = self.module_.weight.device
+        block = max(1, SCORE_BLOCK_ELEMENTS // len(self.items_))
+        frames = []
+        with torch.no_grad():
+            for start in range(0, len(rows), block):
+                block_rows = rows[start : start + block]
+                scores = self.module_.score_all(torch.as_tensor(block_rows, device=device))
+                if exclude_seen:
+                    seen = self.seen_[block_rows].tocoo()
+                    scores[
+                        torch.as_tensor(seen.row, device=device), torch.as_tensor(seen.col, device=device)
+                    ] = -torch.inf
+                values, positions = torch.topk(scores, k, dim=1)
+                values, positions = values.cpu().numpy(), positions.cpu().numpy()
+                positions[np.isneginf(values)] = -1
+                frames.append(
+                    recommendations_frame(user_ids[start : start + block], positions, values, self.items_)
+                )
+        if not frames:
+            return recommendations_frame(user_ids, np.empty((0, k), np.int64), np.empty((0, k)), self.items_)
+        return pd.concat(frames, ignore_index=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when visible, else CPU; a CUDA device that is not visible raises GPUUnavailable."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InvalidConfig(
+            f"implicit_mf device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'."
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GPUUnavailable(
+            f"implicit_mf device={device!r} but no CUDA GPU is visible; use device='auto' or 'cpu', or run "
+            "on a GPU worker."
+        )
+    return resolved
