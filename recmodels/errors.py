@@ -63,3 +63,7 @@ class InvalidConfig(BenchmarkError, ValueError):
 
 class StackFailed(BenchmarkError, RuntimeError):
     """A stack service (Prefect server, MLflow server, worker, deploy) that cannot start or is unhealthy."""
+
+
+class UnknownFormat(BenchmarkError, ValueError):
+    """A ratings-file format name that the parser does not know."""
