@@ -242,8 +242,7 @@ def load_ratings(name: str, home: Path | str | None = None, mirror: Path | str |
 def load_dataset(name: str, home: Path | str | None = None, mirror: Path | str | None = None) -> pd.DataFrame:
     """The canonical table of a release (``100k`` … ``latest``) or a ``synthetic-…`` shape (seed 0)."""
     if name.startswith("synthetic-"):
-        shape = parse_synthetic_name(name)
-        return generate_synthetic(shape.n_users, shape.n_items, shape.n_interactions)
+        return generate_synthetic(*parse_synthetic_name(name))
     return load_ratings(name, home, mirror)
 
 

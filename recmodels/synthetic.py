@@ -39,6 +39,7 @@ where only rated movies count.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -84,6 +85,10 @@ class SyntheticShape:
                 f"{self.n_users * self.n_items} unique (user, item) pairs; lower the interactions "
                 "or raise the users or items."
             )
+
+    def __iter__(self) -> Iterator[int]:
+        """``(n_users, n_items, n_interactions)``, so that ``generate_synthetic(*shape)`` works."""
+        return iter((self.n_users, self.n_items, self.n_interactions))
 
 
 # Users and ratings: GroupLens' READMEs; rated items: LensKit codex data descriptions
