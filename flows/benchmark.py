@@ -16,9 +16,9 @@ from prefect import flow, runtime
 from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
-from recmodels.datasets import benchmark_home, check_dataset_name
 
 from recmodels import preprocessing
+from recmodels.datasets import benchmark_home
 from recmodels.errors import BenchmarkError
 from recmodels.registry import model_spec
 from tasks import data
@@ -82,7 +82,7 @@ def movielens_benchmark(
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
     synthetic-<shape>); returns one row of metrics, times and memory per model."""
     logger = get_run_logger()
-    check_dataset_name(size)
+    data.check_size(size)
     for name in models:
         model_spec(name)
     unknown = set(model_params) - set(models)

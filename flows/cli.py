@@ -102,8 +102,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from mlflow.tracking import MlflowClient
-    from recmodels.datasets import benchmark_home
 
+    from recmodels.datasets import benchmark_home
     from tasks.tracking import tracking_uri
 
     uri = tracking_uri(Path(args.home) if args.home else benchmark_home())

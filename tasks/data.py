@@ -16,14 +16,22 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from recmodels.preprocessing import Split
 
 from recmodels import datasets, preprocessing, synthetic
+from recmodels.preprocessing import Split
 from tasks.prepared import PreparedData, write_prepared
 
 
 def interactions_path(home: Path, size: str) -> Path:
     return home / "interactions" / f"{size}.parquet"
+
+
+def check_size(size: str) -> None:
+    """Raise UnknownDataset (listing the valid names) unless ``size`` is a release or synthetic shape."""
+    if size.startswith("synthetic-"):
+        synthetic.parse_synthetic_name(size)
+    else:
+        datasets.get_release(size)
 
 
 def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
@@ -39,8 +47,7 @@ def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
 @task(name="download", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
 def download(size: str, home: Path, mirror: str | None) -> Path | None:
     """Fetch and verify a GroupLens release (from GroupLens or the mirror); None for synthetic data."""
-    if size.startswith("synthetic"):
-        synthetic.parse_synthetic_name(size)  # validate the name early
+    if size.startswith("synthetic-"):
         return None
     return datasets.fetch_release(size, home, mirror=mirror, progress=False)
 
@@ -54,10 +61,11 @@ def parse(size: str, raw_dir: Path | None, home: Path, seed: int = 0) -> Path:
         logger.info("cache hit: %s already parsed at %s, skipping parse", size, out)
         return out
     if raw_dir is None:
-        frame = synthetic.generate_synthetic(*synthetic.parse_synthetic_name(size), seed=seed)
+        shape = synthetic.parse_synthetic_name(size)
+        frame = synthetic.generate_synthetic(shape.n_users, shape.n_items, shape.n_interactions, seed=seed)
     else:
-        release = datasets.RELEASES[size]
-        frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.format)
+        release = datasets.get_release(size)
+        frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.fmt)
     _write_parquet_atomic(frame, out)
     logger.info("parsed %s: %d interactions → %s", size, len(frame), out)
     return out

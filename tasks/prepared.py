@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+import recmodels._columns
 import recmodels.datasets
 import recmodels.preprocessing
 import recmodels.synthetic
 from recmodels.preprocessing import Split
-
-import recmodels._columns
 
 MANIFEST = "manifest.json"
 DATA_STEP_MODULES = (recmodels._columns, recmodels.datasets, recmodels.synthetic, recmodels.preprocessing)

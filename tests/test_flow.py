@@ -51,7 +51,9 @@ def test_mlflow_holds_parent_and_child_runs(first_run, home: Path) -> None:
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"popularity", "sar"}
     for run in [parent, *children.values()]:
         tags = run.data.tags
@@ -108,6 +110,8 @@ def test_other_split_parameters_make_a_new_prepared_folder(home: Path, mirror: P
         ({"models": ["sar", "deepfm"]}, UnknownModel, "deepfm"),
     ],
 )
-def test_bad_parameters_fail_the_flow_with_the_fix(kwargs, error, match, home: Path, prefect_api: None) -> None:
+def test_bad_parameters_fail_the_flow_with_the_fix(
+    kwargs, error, match, home: Path, prefect_api: None
+) -> None:
     with pytest.raises(error, match=match):
         movielens_benchmark(home=str(home), **kwargs)
