@@ -39,17 +39,18 @@ def _model_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    """One column per model, one row per metric: fits a terminal whatever the number of metrics."""
     if not rows:
         console.print("no results")
         return
     table = Table(title=title)
-    columns = list(rows[0])
-    for column in columns:
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_column("metric")
     for row in rows:
-        table.add_row(
-            *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns))
-        )
+        table.add_column(str(row["model"]), justify="right")
+    metrics = [m for m in rows[0] if m != "model"]
+    for metric in metrics:
+        values = (row.get(metric) for row in rows)
+        table.add_row(metric, *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
     console.print(table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,12 @@ def train_and_evaluate(
         mlflow.log_params(model_parameters(model, params))
         train_path = prepared.path / "train.parquet"
         train_frame = prepared.read("train")
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                train_frame, source=train_path.as_uri(), name=f"{tags.get('size', 'data')}-{prepared.key}"
-            ),
-            context="training",
-        )
+        with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                train_frame, source=str(train_path), name=f"{tags.get('size', 'data')}-{prepared.key}"
+            )
+        mlflow.log_input(dataset, context="training")
         recs, fit, predict = _fit_and_recommend(model, prepared, top_k)
         test = prepared.read("test")
         n_items = train_frame["item_id"].nunique()
