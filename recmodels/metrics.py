@@ -48,12 +48,12 @@ class _Lists:
 
 def precision_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
     """P@k = (1/|U|) Σ_u H_u(k) / k (a list shorter than k still divides by k, as in Recommenders)."""
-    return float(_precision(_lists(recommendations, truth), _check_k(k)).mean())
+    return float(_precision(_lists(_ordered(recommendations), truth), _check_k(k)).mean())
 
 
 def recall_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
     """R@k = (1/|U|) Σ_u H_u(k) / |R_u|."""
-    return float(_recall(_lists(recommendations, truth), _check_k(k)).mean())
+    return float(_recall(_lists(_ordered(recommendations), truth), _check_k(k)).mean())
 
 
 def f1_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
@@ -63,7 +63,7 @@ def f1_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> 
     ``precision_recall_score`` returns per-user arrays, nor Recommenders' ``python_evaluation`` defines a
     ranking F1, and the mean of per-user F1 would be a different, smaller-or-equal number.
     """
-    lists = _lists(recommendations, truth)
+    lists = _lists(_ordered(recommendations), truth)
     return _f1(float(_precision(lists, _check_k(k)).mean()), float(_recall(lists, k).mean()))
 
 
@@ -76,7 +76,9 @@ def map_at_k(
     1.2.0), the MAP of its published SAR ML-100K tables; hence the default. ``"min"``: N_u = min(k, |R_u|),
     Recommenders' ``map_at_k`` since 1.2.0 and Spark's ``meanAveragePrecisionAt``, whose maximum is 1.
     """
-    return float(_average_precision(_lists(recommendations, truth), _check_k(k), normalization).mean())
+    return float(
+        _average_precision(_lists(_ordered(recommendations), truth), _check_k(k), normalization).mean()
+    )
 
 
 def ndcg_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
@@ -86,12 +88,12 @@ def ndcg_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -
 
     Recommenders' default natural-log discount gives the same ratio.
     """
-    return float(_ndcg(_lists(recommendations, truth), _check_k(k)).mean())
+    return float(_ndcg(_lists(_ordered(recommendations), truth), _check_k(k)).mean())
 
 
 def hit_rate_at_k(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
     """HR@k = (1/|U|) Σ_u [H_u(k) > 0]: the share of users with at least one relevant item in the top k."""
-    return float((_hits(_lists(recommendations, truth), _check_k(k)) > 0).mean())
+    return float((_hits(_lists(_ordered(recommendations), truth), _check_k(k)) > 0).mean())
 
 
 def mrr(recommendations: pd.DataFrame, truth: pd.DataFrame) -> float:
@@ -100,7 +102,7 @@ def mrr(recommendations: pd.DataFrame, truth: pd.DataFrame) -> float:
     Unlike Spotlight's ``mrr_score`` (mean reciprocal rank of every test item in a full-catalog ranking),
     this reads only the list given, so it is bounded by the list length the model was asked for.
     """
-    return float(_reciprocal_rank(_lists(recommendations, truth)).mean())
+    return float(_reciprocal_rank(_lists(_ordered(recommendations), truth)).mean())
 
 
 def recall_at_k_vaecf(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10) -> float:
@@ -108,7 +110,7 @@ def recall_at_k_vaecf(recommendations: pd.DataFrame, truth: pd.DataFrame, k: int
 
     Its maximum is 1 even for users with more than k relevant items, unlike :func:`recall_at_k`.
     """
-    lists = _lists(recommendations, truth)
+    lists = _lists(_ordered(recommendations), truth)
     return float((_hits(lists, _check_k(k)) / np.minimum(k, lists.n_relevant)).mean())
 
 
@@ -118,14 +120,7 @@ def catalog_coverage_at_k(recommendations: pd.DataFrame, n_items: int, k: int = 
     Shani & Gunawardana, "Evaluating Recommendation Systems", Recommender Systems Handbook, 2011
     (Recommenders' ``catalog_coverage``, which divides by the items in train instead of ``n_items``).
     """
-    _, item, position = _ordered(recommendations)
-    n_covered = pd.unique(item[position <= _check_k(k)]).size
-    if not isinstance(n_items, int | np.integer) or n_items < n_covered or n_items < 1:
-        raise InvalidConfig(
-            f"n_items={n_items!r} is not a catalog size: {n_covered} distinct items are recommended; pass "
-            "the number of items in the catalog (e.g. in train)."
-        )
-    return n_covered / n_items
+    return _coverage(_ordered(recommendations), n_items, _check_k(k))
 
 
 def evaluate(
@@ -136,7 +131,8 @@ def evaluate(
     Returns precision_at_k, recall_at_k, f1_at_k, map_at_k (``normalization="relevant"``), ndcg_at_k,
     hr_at_k, mrr, and coverage_at_k when ``n_items`` is given; e.g. ``precision_at_10`` for k = 10.
     """
-    lists = _lists(recommendations, truth)
+    ordered = _ordered(recommendations)
+    lists = _lists(ordered, truth)
     precision, recall = float(_precision(lists, _check_k(k)).mean()), float(_recall(lists, k).mean())
     values = {
         f"precision_at_{k}": precision,
@@ -148,7 +144,7 @@ def evaluate(
         "mrr": float(_reciprocal_rank(lists).mean()),
     }
     if n_items is not None:
-        values[f"coverage_at_{k}"] = catalog_coverage_at_k(recommendations, n_items, k)
+        values[f"coverage_at_{k}"] = _coverage(ordered, n_items, k)
     return values
 
 
@@ -177,13 +173,13 @@ def recall_at_k_from_scores(scores: np.ndarray, heldout: sp.sparray | sp.spmatri
     return relevant.sum(axis=1) / np.minimum(k, n_relevant)
 
 
-def _lists(recommendations: pd.DataFrame, truth: pd.DataFrame) -> _Lists:
+def _lists(ordered: tuple[np.ndarray, np.ndarray, np.ndarray], truth: pd.DataFrame) -> _Lists:
     require_columns(truth, (USER, ITEM), "truth")
     if truth.empty:
         raise EmptySplit("truth has no rows: evaluate against a test set that has interactions.")
     users, items = IdIndex.from_values(truth[USER]), IdIndex.from_values(truth[ITEM])
     pairs = np.unique(users.positions(truth[USER]) * len(items) + items.positions(truth[ITEM]))
-    user_id, item_id, position = _ordered(recommendations)
+    user_id, item_id, position = ordered
     user = users.positions(user_id)
     known = user >= 0
     user, position, item = user[known], position[known], items.positions(item_id[known])
@@ -195,11 +191,24 @@ def _ordered(recommendations: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
     """user_id, item_id and 1-based position of each distinct (user, item), sorted by (user, position)."""
     require_columns(recommendations, (USER, ITEM, "rank"), "recommendations")
     user, item, rank = (recommendations[c].to_numpy() for c in (USER, ITEM, "rank"))
-    order = np.lexsort((item, rank, user))
+    order = np.arange(len(user))
+    for values in (item, rank, user):  # np.lexsort((item, rank, user)) as chained stable argsorts: faster
+        order = order[np.argsort(values[order], kind="stable")]
     user, item = user[order], item[order]
     first = ~pd.DataFrame({USER: user, ITEM: item}).duplicated().to_numpy()
     user, item = user[first], item[first]
     return user, item, pd.Series(user).groupby(user).cumcount().to_numpy() + 1
+
+
+def _coverage(ordered: tuple[np.ndarray, np.ndarray, np.ndarray], n_items: int, k: int) -> float:
+    _, item, position = ordered
+    n_covered = pd.unique(item[position <= k]).size
+    if not isinstance(n_items, int | np.integer) or n_items < n_covered or n_items < 1:
+        raise InvalidConfig(
+            f"n_items={n_items!r} is not a catalog size: {n_covered} distinct items are recommended; pass "
+            "the number of items in the catalog (e.g. in train)."
+        )
+    return n_covered / n_items
 
 
 def _check_k(k: int) -> int:
