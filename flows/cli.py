@@ -56,7 +56,13 @@ def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from flows.benchmark import SplitConfig, movielens_benchmark, result_table
+    from recmodels.registry import model_spec
+    from tasks.data import check_size
 
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    check_size(args.size)  # fail fast, before the local Prefect API starts
+    for name in models:
+        model_spec(name)
     split = SplitConfig(
         strategy=args.split,
         ratios=[float(r) for r in args.ratios.split(",")],
@@ -65,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     rows = movielens_benchmark(
         size=args.size,
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        models=models,
         min_interactions=args.min_interactions,
         implicit_threshold=args.implicit_threshold,
         split=split,
