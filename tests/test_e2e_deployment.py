@@ -1,0 +1,223 @@
+"""End to end, as a user runs the product (GitHub issue 5).
+
+``deployments.stack.stack_up`` starts a real Prefect server, an MLflow server and a process worker per
+pool on free loopback ports in a temporary home and registers ``deployments/prefect.yaml``; then
+``prefect deployment run movielens-benchmark/cpu -p size=100k --watch`` must reach Completed with its
+runs in MLflow, SAR beating popularity at the published ML-100K figures; a rerun with other models must
+reuse the prepared data; the Prefect UI must serve the flow run's page. The GPU pool templates must be
+accepted by the server and render to the GPU requests Docker and Kubernetes expect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.types
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.utilities.templating import apply_values
+
+from deployments.stack import PROJECT_ROOT, StackConfig, stack_down, stack_env, stack_status, stack_up
+from recmodels.errors import StackFailed
+
+pytestmark = pytest.mark.e2e
+
+POOLS = PROJECT_ROOT / "deployments" / "pools"
+RUN_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Iterator[StackConfig]:
+    config = StackConfig(
+        home=tmp_path_factory.mktemp("stack-home"),
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        timeout_s=240.0,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOVIELENS_MIRROR", str(mirror))
+        try:
+            stack_up(config)
+            yield config
+        finally:
+            stack_down(config)
+
+
+def deployment_run(config: StackConfig, *params: str) -> tuple[str, str]:
+    """``prefect deployment run movielens-benchmark/cpu -p ... --watch``: (flow run id, output)."""
+    args = [arg for param in params for arg in ("-p", param)]
+    command = [sys.executable, "-m", "prefect", "deployment", "run", "movielens-benchmark/cpu", *args]
+    result = subprocess.run(
+        [*command, "--watch"],
+        env=stack_env(config),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Completed" in output, output
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert flow_run_id, output
+    return flow_run_id.group(1), output
+
+
+def api(config: StackConfig, path: str, body: dict[str, object] | None = None) -> Any:
+    """JSON answer of the Prefect REST API: GET, or POST when ``body`` is given."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{config.prefect_api_url}/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def task_names(config: StackConfig, flow_run_id: str) -> set[str]:
+    runs = api(config, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {run["name"].rsplit("-", 1)[0] for run in runs}
+
+
+def log_text(config: StackConfig, flow_run_id: str) -> str:
+    logs = api(config, "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: StackConfig) -> str:
+    flow_run_id, _ = deployment_run(stack, "size=100k")
+    return flow_run_id
+
+
+def test_stack_is_up_and_deployed(stack: StackConfig) -> None:
+    statuses = {s.name: s for s in stack_status(stack)}
+    assert set(statuses) == {"prefect-server", "mlflow", "worker-cpu", "worker-gpu"}
+    assert all(s.healthy and s.pid for s in statuses.values()), statuses
+    deployments = api(stack, "deployments/filter", {})
+    by_name = {d["name"]: d for d in deployments}
+    assert set(by_name) == {"cpu", "gpu"}
+    assert by_name["cpu"]["work_pool_name"] == "cpu" and by_name["gpu"]["work_pool_name"] == "gpu"
+    assert by_name["cpu"]["parameters"] == {"size": "100k", "models": ["popularity", "sar"]}
+    assert by_name["cpu"]["entrypoint"] == "flows/benchmark.py:movielens_benchmark"
+    assert not by_name["cpu"]["schedules"] and not by_name["gpu"]["schedules"]
+
+
+def test_deployment_run_completes_and_logs_to_mlflow(stack: StackConfig, first_run: str) -> None:
+    state = api(stack, f"flow_runs/{first_run}")["state"]
+    assert state["type"] == "COMPLETED"
+    assert {"download", "parse", "train-evaluate"} <= task_names(stack, first_run)
+
+    client = MlflowClient(stack.mlflow_url)
+    experiment = client.get_experiment_by_name("movielens-benchmark")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{first_run}'"
+    )
+    assert all(run.info.status == "FINISHED" for run in runs)
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"popularity", "sar"}
+    sar, popularity = children["sar"].data.metrics, children["popularity"].data.metrics
+    # Recommenders' sar_movielens notebook: stratified 75/25 (seed 42), jaccard, top-10.
+    assert sar["precision_at_10"] == pytest.approx(0.3308, abs=0.01)
+    assert sar["ndcg_at_10"] > popularity["ndcg_at_10"] + 0.05
+    assert children["sar"].data.tags["size"] == "100k"
+
+
+def test_rerun_with_other_models_reuses_prepared_data(stack: StackConfig, first_run: str) -> None:
+    rerun, _ = deployment_run(stack, "size=100k", 'models=["popularity"]')
+    assert "cache hit: prepared data" in log_text(stack, rerun)
+    assert task_names(stack, rerun) == {"train-evaluate"}
+    client = MlflowClient(stack.mlflow_url)
+    experiment = client.get_experiment_by_name("movielens-benchmark")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{rerun}'"
+    )
+    assert sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags) == ["popularity"]
+
+
+def test_prefect_ui_serves_the_flow_run_page(stack: StackConfig, first_run: str, tmp_path: Path) -> None:
+    url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
+    request = urllib.request.Request(url, headers={"Accept": "text/html"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert "<title>Prefect" in response.read().decode()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium for a screenshot of the page: apt-get install chromium")
+    shot = tmp_path / "flow-run.png"
+    headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run(
+        [*headless, f"--screenshot={shot}", "--window-size=1280,900", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert api(stack, f"flow_runs/{first_run}")["name"] in dom.stdout  # the page rendered the run
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_pool_templates_are_accepted_and_request_gpus(stack: StackConfig) -> None:
+    for pool_type, file in (("docker", "docker-gpu.json"), ("kubernetes", "kubernetes-gpu.json")):
+        template = json.loads((POOLS / file).read_text())
+        body = {"name": f"{pool_type}-gpu", "type": pool_type, "base_job_template": template}
+        assert api(stack, "work_pools/", body)["base_job_template"] == template
+
+    docker_job = rendered(POOLS / "docker-gpu.json")
+    host = docker.types.HostConfig(version="1.44", **docker_job["container_create_kwargs"])
+    assert host["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert host["ShmSize"] == 8 * 1024**3
+    assert docker_job["volumes"] == ["movielens-benchmark-data:/data"]
+    assert docker_job["env"] == {"MOVIELENS_BENCHMARK_HOME": "/data"}
+
+    pod = rendered(POOLS / "kubernetes-gpu.json")["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "movielens-benchmark-data"
+
+
+def rendered(path: Path) -> dict[str, object]:
+    """The job configuration a worker gets from a pool template with its variables' defaults."""
+    template = json.loads(path.read_text())
+    defaults = {
+        name: spec["default"]
+        for name, spec in template["variables"]["properties"].items()
+        if "default" in spec
+    }
+    return apply_values(template["job_configuration"], defaults)
+
+
+def test_stack_up_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = StackConfig(home=tmp_path, prefect_port=busy.getsockname()[1], mlflow_port=free_port())
+        with pytest.raises(
+            StackFailed, match=f"prefect-server cannot listen on 127.0.0.1:{config.prefect_port}"
+        ):
+            stack_up(config)
+    assert all(s.pid is None for s in stack_status(config))
+
+
+def test_stack_down_stops_every_service(stack: StackConfig) -> None:
+    pids = [s.pid for s in stack_status(stack)]
+    assert sorted(stack_down(stack)) == ["mlflow", "prefect-server", "worker-cpu", "worker-gpu"]
+    assert all(s.pid is None and not s.healthy for s in stack_status(stack))
+    assert not any(pid and Path(f"/proc/{pid}").exists() for pid in pids)
+    assert stack_down(stack) == []
