@@ -70,6 +70,7 @@ def movielens_benchmark(
     size: str = "100k",
     models: list[str] = ["popularity", "sar"],  # noqa: B006 - Prefect parameters are copied per run
     min_interactions: int = 5,
+    min_item_interactions: int | None = None,
     implicit_threshold: float | None = None,
     split: SplitConfig = SplitConfig(),  # noqa: B008
     transpose: bool = False,
@@ -80,7 +81,11 @@ def movielens_benchmark(
     experiment: str = "movielens-benchmark",
 ) -> list[dict[str, Any]]:
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
-    synthetic-<shape>); returns one row of metrics, times and memory per model."""
+    synthetic-<shape>); returns one row of metrics, times and memory per model.
+
+    ``min_interactions`` is the k-core threshold for users, and for items unless
+    ``min_item_interactions`` is given (VAE-CF's protocol filters users only: 0).
+    ``implicit_threshold`` keeps ratings at or above it as 1 (VAE-CF: 4.0)."""
     logger = get_run_logger()
     data.check_size(size)
     for name in models:
@@ -93,6 +98,7 @@ def movielens_benchmark(
     data_params = {
         "size": size,
         "min_interactions": min_interactions,
+        "min_item_interactions": min_interactions if min_item_interactions is None else min_item_interactions,
         "implicit_threshold": implicit_threshold,
         "split": split.strategy,
         "split_params": split.params(),
@@ -109,7 +115,9 @@ def movielens_benchmark(
     else:
         raw = data.download(size, root, mirror)
         parsed = data.parse(size, raw, root)
-        frame = data.filter_interactions(parsed, min_interactions, implicit_threshold)
+        frame = data.filter_interactions(
+            parsed, min_interactions, data_params["min_item_interactions"], implicit_threshold
+        )
         if transpose:
             frame = data.transpose(frame)
         result = data.split(frame, split.strategy, split.params())

@@ -73,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         size=args.size,
         models=models,
         min_interactions=args.min_interactions,
+        min_item_interactions=args.min_item_interactions,
         implicit_threshold=args.implicit_threshold,
         split=split,
         transpose=args.transpose,
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the benchmark flow locally")
     run.add_argument("--size", default="100k", help="100k, 1m, 10m, 20m, 25m, 32m, latest-small, synthetic-…")
     run.add_argument("--models", default="popularity,sar", help="comma-separated model names")
-    run.add_argument("--min-interactions", type=int, default=5)
+    run.add_argument("--min-interactions", type=int, default=5, help="k-core threshold (users and items)")
+    run.add_argument("--min-item-interactions", type=int, default=None, help="item threshold if different")
     run.add_argument("--implicit-threshold", type=float, default=None)
     run.add_argument(
         "--split",

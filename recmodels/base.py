@@ -51,11 +51,7 @@ class IdIndex:
 
     def positions(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Dense index of each raw id; -1 where the id is unknown."""
-        values = np.asarray(values)
-        if len(self.ids) == 0:
-            return np.full(len(values), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.ids, values), len(self.ids) - 1)
-        return np.where(self.ids[pos] == values, pos, -1)
+        return pd.Index(self.ids).get_indexer(np.asarray(values)).astype(np.int64, copy=False)
 
 
 def interaction_matrix(

@@ -72,15 +72,18 @@ def parse(size: str, raw_dir: Path | None, home: Path, seed: int = 0) -> Path:
 
 
 @task(name="filter", cache_policy=NO_CACHE)
-def filter_interactions(path: Path, min_interactions: int, implicit_threshold: float | None) -> pd.DataFrame:
+def filter_interactions(
+    path: Path, min_user_interactions: int, min_item_interactions: int, implicit_threshold: float | None
+) -> pd.DataFrame:
     """Optional implicit conversion, then the iterative k-core filter."""
     frame = pd.read_parquet(path)
     if implicit_threshold is not None:
         frame = preprocessing.to_implicit(frame, threshold=implicit_threshold)
-    filtered = preprocessing.filter_min_interactions(frame, min_interactions, min_interactions)
+    filtered = preprocessing.filter_min_interactions(frame, min_user_interactions, min_item_interactions)
     get_run_logger().info(
-        "k-core (≥%d): %d → %d interactions, %d users, %d items",
-        min_interactions,
+        "k-core (users ≥%d, items ≥%d): %d → %d interactions, %d users, %d items",
+        min_user_interactions,
+        min_item_interactions,
         len(frame),
         len(filtered),
         filtered["user_id"].nunique(),
