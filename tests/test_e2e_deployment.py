@@ -4,8 +4,9 @@
 pool on free loopback ports in a temporary home and registers ``deployments/prefect.yaml``; then
 ``prefect deployment run movielens-benchmark/cpu -p size=100k --watch`` must reach Completed with its
 runs in MLflow, SAR beating popularity at the published ML-100K figures; a rerun with other models must
-reuse the prepared data; the Prefect UI must serve the flow run's page. The GPU pool templates must be
-accepted by the server and render to the GPU requests Docker and Kubernetes expect.
+reuse the prepared data; the Prefect UI must serve the flow run's page, and headless Chromium (where
+installed) must render the run there. The GPU pool templates must be accepted by the server and render
+to the GPU requests Docker and Kubernetes expect.
 """
 
 from __future__ import annotations
@@ -149,15 +150,21 @@ def test_rerun_with_other_models_reuses_prepared_data(stack: StackConfig, first_
     assert sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags) == ["popularity"]
 
 
-def test_prefect_ui_serves_the_flow_run_page(stack: StackConfig, first_run: str, tmp_path: Path) -> None:
+def test_prefect_ui_serves_the_flow_run_page(stack: StackConfig, first_run: str) -> None:
     url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
     request = urllib.request.Request(url, headers={"Accept": "text/html"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         assert "<title>Prefect" in response.read().decode()
+
+
+def test_flow_run_page_renders_in_headless_chromium(
+    stack: StackConfig, first_run: str, tmp_path: Path
+) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("no chromium for a screenshot of the page: apt-get install chromium")
+        pytest.skip("no chromium to render the page: apt-get install chromium")
+    url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
     shot = tmp_path / "flow-run.png"
     headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
     dom = subprocess.run(
