@@ -1,0 +1,420 @@
+r"""Mult-VAE for collaborative filtering (VAE-CF), after NVIDIA's optimised TensorFlow VAE-CF.
+
+Liang, Krishnan, Hoffman and Jebara, "Variational Autoencoders for Collaborative Filtering", WWW 2018
+(arXiv:1802.05814). Two backends share everything here (data pipeline, protocol, training driver,
+fold-in): TensorFlow (``backend="tf"``, the seed; Horovod data parallelism, Keras mixed precision) in
+:mod:`recmodels._vae_cf_tf`, and a PyTorch twin (``backend="torch"``) in :mod:`recmodels._vae_cf_torch`.
+
+Model (paper §2, Fig. 2c). A user is the binary row :math:`x_u \in \{0,1\}^I` of the interaction
+matrix. The encoder (inference network, §2.2) reads the L2-normalised row with input dropout
+(keep probability 0.5, surviving entries scaled by 1/0.5),
+
+.. math::
+    \tilde x_u = \mathrm{dropout}(x_u / \lVert x_u \rVert_2),\quad
+    h = \tanh(W_1 \tilde x_u + b_1)\ [600],\quad
+    [\mu_u, \log\sigma_u^2] = W_2 h + b_2\ [2 \times 200],
+
+and the decoder (generative model, Eq. 1-2) maps a latent sample to a softmax over all items,
+
+.. math::
+    z_u = \mu_u + \sigma_u \odot \epsilon,\ \epsilon \sim \mathcal N(0, I)\ (z_u = \mu_u\ \text{at
+    inference}),\quad
+    \pi(z_u) = \mathrm{softmax}(W_4 \tanh(W_3 z_u + b_3) + b_4).
+
+Objective (β-ELBO with the multinomial likelihood, Eq. 3, 6), averaged over the B users of a batch,
+with L2 on the weights (not the biases):
+
+.. math::
+    \mathcal L = \frac1B \sum_u \Big[-\sum_i x_{ui} \log \pi_i(z_u)
+      + \beta\, \tfrac12 \sum_d (-\log\sigma_{ud}^2 + \sigma_{ud}^2 + \mu_{ud}^2 - 1)\Big]
+      + \lambda \sum_\ell \lVert W_\ell \rVert_F^2 .
+
+KL annealing (§2.2.2): after ``t`` gradient steps, :math:`\beta = \min(\text{anneal\_cap},
+t / \text{total\_anneal\_steps})`; the validation NDCG@100 picks the best epoch (and so the best β).
+
+Protocol: strong generalisation (§4.1). Models are trained on the full histories of the training
+users; validation and test users are unseen: 80% of each held-out user's items are folded in (fed to
+the encoder) and the other 20% predicted. Metrics (§4.2, Eq. 9-10) rank all items the fold-in user has
+not interacted with: NDCG@100 and Recall@R with VAE-CF's normalisation
+:math:`\text{Recall@R} = \text{hits}/\min(R, |I_u|)`.
+
+Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 annealing steps, cap 0.2,
+λ = 0.01). Small data rule (:func:`adapt_to_data`): where the training users are fewer than
+``min_steps_per_epoch`` batches of the configured size (MovieLens-100K has ~750 training users), the
+batch shrinks to ``ceil(users / min_steps_per_epoch)`` so an epoch still takes several gradient steps;
+and where β would not reach ``anneal_cap`` within the run (``epochs × steps`` < ``anneal_cap ×
+total_anneal_steps``), annealing is shortened so that it does at the last step, as it nearly does in
+the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model selection on validation
+NDCG sees the whole β range (paper §2.2.2, Fig. 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recmodels._columns import ITEM, USER, require_columns
+from recmodels.base import (
+    IdIndex,
+    interaction_matrix,
+    mask_seen,
+    recommendations_frame,
+    require_fitted,
+    top_k_dense,
+    user_blocks,
+)
+from recmodels.errors import EmptySplit, InvalidConfig, MissingExtra
+from recmodels.metrics import ndcg_at_k_from_scores, recall_at_k_from_scores
+
+Backend = Literal["tf", "torch"]
+METRICS = ("ndcg_at_100", "recall_at_20", "recall_at_50")
+TF_INSTALL = (
+    "pip install -e '.[tf]' fails to build Horovod on its own; run `bash deployments/install_tf_extra.sh` "
+    "(pip install tensorflow-cpu==2.15.1, then HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 "
+    "HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 pip install --no-build-isolation horovod==0.28.1)"
+)
+BACKENDS = {
+    "tf": ("recmodels._vae_cf_tf", TF_INSTALL),
+    "torch": ("recmodels._vae_cf_torch", "pip install -e '.[torch]'"),
+}
+
+
+@dataclass(frozen=True)
+class VAECFConfig:
+    """Hyper-parameters; defaults are the seed's (NVIDIA VAE-CF / Liang et al. 2018, §4.3)."""
+
+    hidden_dims: tuple[int, ...] = (600, 200)  # encoder [n_items, 600, 200], decoder mirrored
+    epochs: int = 200
+    batch_size: int = 10_000  # users per gradient step and worker
+    lr: float = 1e-3  # Adam, multiplied by the number of Horovod workers
+    beta1: float = 0.9
+    beta2: float = 0.999
+    total_anneal_steps: int = 200_000
+    anneal_cap: float = 0.2
+    lam: float = 0.01
+    keep_prob: float = 0.5  # input dropout
+    validation_step: int = 1  # validate every this many epochs (and after the last)
+    eval_batch_size: int = 2_000  # users scored at once in validation, test and recommend
+    use_amp: bool = False  # float16 + loss scaling on GPU, bfloat16 on CPU; softmax and loss in float32
+    backend: Backend = "tf"
+    device: str | None = None  # torch: "cuda" if available else "cpu"; tf: its default placement
+    adapt_to_data: bool = True  # apply the small data rule of :func:`adapt_to_data`
+    min_steps_per_epoch: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_dims", tuple(self.hidden_dims))  # e.g. a JSON list
+        problems = [
+            f"{name}={getattr(self, name)!r} must be {rule}"
+            for name, ok, rule in (
+                ("backend", self.backend in ("tf", "torch"), "'tf' or 'torch'"),
+                ("hidden_dims", len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1, "positive"),
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("eval_batch_size", self.eval_batch_size >= 1, ">= 1"),
+                ("lr", self.lr > 0, "> 0"),
+                ("total_anneal_steps", self.total_anneal_steps >= 1, ">= 1"),
+                ("anneal_cap", self.anneal_cap >= 0, ">= 0"),
+                ("lam", self.lam >= 0, ">= 0"),
+                ("keep_prob", 0 < self.keep_prob <= 1, "in (0, 1]"),
+                ("validation_step", self.validation_step >= 1, ">= 1"),
+                ("min_steps_per_epoch", self.min_steps_per_epoch >= 1, ">= 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise InvalidConfig("VAECFConfig: " + "; ".join(problems) + "; fix these values.")
+
+
+def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) -> VAECFConfig:
+    """The small data rule (module docstring): smaller batches and shorter annealing where they don't fit."""
+    per_step = max(1, -(-n_train_users // (config.min_steps_per_epoch * world_size)))
+    batch_size = min(config.batch_size, per_step)
+    steps = config.epochs * -(-n_train_users // (batch_size * world_size))
+    reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
+    return replace(
+        config, batch_size=batch_size, total_anneal_steps=min(config.total_anneal_steps, reach_cap_at_end)
+    )
+
+
+def anneal_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
+    """KL weight after ``step`` gradient steps (paper §2.2.2): min(cap, step / total)."""
+    return min(anneal_cap, step / total_anneal_steps)
+
+
+def binary_matrix(df: pd.DataFrame, users: IdIndex, items: IdIndex) -> sp.csr_matrix:
+    """users × items float32 CSR with 1 where a user interacted with an item (unknown items dropped)."""
+    matrix = interaction_matrix(df, users, items).astype(np.float32)
+    matrix.data[:] = 1.0
+    matrix.sort_indices()
+    return matrix
+
+
+def l2_normalize_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """Each row divided by its L2 norm (empty rows stay empty): the encoder's input."""
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ matrix, dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
+def epoch_batches(
+    n_users: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[np.ndarray]:
+    """This worker's user rows for each gradient step of ``epoch``.
+
+    Users are shuffled with a permutation that depends only on (seed, epoch), so every worker draws the
+    same one; it is cut into ``ceil(n / (batch_size · world_size))`` global batches of near-equal size,
+    and each global batch into ``world_size`` near-equal parts, of which this worker takes part ``rank``.
+    Every worker therefore runs the same number of steps, as Horovod's allreduce requires.
+    """
+    order = np.random.default_rng((seed, epoch)).permutation(n_users)
+    steps = max(1, -(-n_users // (batch_size * world_size)))
+    return [np.array_split(chunk, world_size)[rank] for chunk in np.array_split(order, steps)]
+
+
+def sparse_parts(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO parts of ``matrix[rows]``: (nnz × 2 int64 [row, col] indices, float32 values, int64 shape)."""
+    batch = matrix[rows].tocoo()
+    indices = np.stack([batch.row, batch.col], axis=1).astype(np.int64)
+    return indices, batch.data.astype(np.float32), np.array(batch.shape, dtype=np.int64)
+
+
+def metric_sums(scores: np.ndarray, heldout: sp.csr_matrix) -> np.ndarray:
+    """[Σ NDCG@100, Σ Recall@20, Σ Recall@50, users] over the rows with held-out items (paper Eq. 9-10).
+
+    ``scores`` has seen items already at ``-inf``. Sums and counts, not means, so that blocks and
+    workers' shards can be added up (by an allreduce under Horovod). Rows without held-out items (users
+    with fewer than 5 items keep all of them in fold-in) are skipped, as NVIDIA's ``nanmean`` does.
+    """
+    has_heldout = heldout.getnnz(axis=1) > 0
+    if not has_heldout.any():
+        return np.zeros(4)
+    scores, heldout = scores[has_heldout], heldout[has_heldout]
+    values = (
+        ndcg_at_k_from_scores(scores, heldout, 100),
+        recall_at_k_from_scores(scores, heldout, 20),
+        recall_at_k_from_scores(scores, heldout, 50),
+    )
+    return np.array([*(v.sum() for v in values), has_heldout.sum()], dtype=np.float64)
+
+
+class _Backend(Protocol):
+    """What :mod:`recmodels._vae_cf_tf` and :mod:`recmodels._vae_cf_torch` implement."""
+
+    rank: int
+    world_size: int
+
+    def train_epoch(self, steps: list[tuple[np.ndarray, float]]) -> np.ndarray:
+        """One pass over (rows, β) steps of the normalised train matrix; returns [Σ loss·users, users]."""
+        ...
+
+    def logits(self, inputs: sp.csr_matrix) -> np.ndarray:
+        """Decoder logits (z = μ, no dropout) for L2-normalised rows, float32 users × items."""
+        ...
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum over workers (identity with one)."""
+        ...
+
+    def get_weights(self) -> list[np.ndarray]: ...
+
+    def set_weights(self, weights: list[np.ndarray]) -> None: ...
+
+    def save(self, path: Path) -> Path:
+        """TF SavedModel folder / torch state-dict file under ``path``; returns what was written."""
+        ...
+
+
+def make_backend(config: VAECFConfig, train: sp.csr_matrix, horovod: bool = False) -> _Backend:
+    """Instantiate the configured backend on the L2-normalised ``train`` matrix."""
+    if config.backend == "torch" and horovod:
+        raise InvalidConfig(
+            "backend='torch' runs in one process; use backend='tf' for Horovod data parallelism, "
+            "or num_workers=1."
+        )
+    name, extra = BACKENDS[config.backend]
+    try:
+        module = importlib.import_module(name)
+        return module.build(config, train, horovod=horovod)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.startswith("recmodels"):
+            raise
+        raise MissingExtra(
+            f"vae_cf with backend={config.backend!r} needs {exc.name}, which is not installed: {extra}"
+        ) from exc
+
+
+class VAECF:
+    """Mult-VAE recommender (see the module docstring for the model and protocol).
+
+    ``VAECF(epochs=20, backend="torch")`` or ``VAECF(VAECFConfig(...))``. After :meth:`fit`,
+    ``history_`` holds one dict per epoch (epoch, loss, beta, epoch_seconds, users_per_second, and where
+    validated validation_seconds, validation_ndcg_at_100, validation_recall_at_20 and _50) and
+    ``best_epoch_`` the epoch whose weights were kept.
+    """
+
+    def __init__(self, config: VAECFConfig | None = None, **params: Any) -> None:
+        self.config = replace(config or VAECFConfig(), **params)
+        self.history_: list[dict[str, float]] = []
+        self.best_epoch_: int | None = None
+        self._backend: _Backend | None = None
+
+    @property
+    def rank(self) -> int:
+        """This process's Horovod rank (0 without Horovod); only rank 0 should log or write."""
+        return 0 if self._backend is None else self._backend.rank
+
+    @property
+    def world_size(self) -> int:
+        """Number of Horovod workers training together (1 without Horovod)."""
+        return 1 if self._backend is None else self._backend.world_size
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        validation_fold_in: pd.DataFrame | None = None,
+        validation: pd.DataFrame | None = None,
+        *,
+        horovod: bool = False,
+    ) -> VAECF:
+        """Train on the training users' histories; with validation users (fold-in and held-out items),
+        validate every ``validation_step`` epochs and keep the weights of the best NDCG@100 epoch.
+
+        ``horovod=True`` (under ``horovodrun``, TF backend) shards each global batch across the workers.
+        """
+        require_columns(train, (USER, ITEM), "train")
+        if len(train) == 0:
+            raise EmptySplit("train has no interactions; check the filter and split parameters.")
+        if (validation_fold_in is None) != (validation is None):
+            raise InvalidConfig(
+                "fit() needs both validation_fold_in and validation (held-out items), or neither."
+            )
+        self._users = IdIndex.from_values(train[USER])
+        self._items = IdIndex.from_values(train[ITEM])
+        self._train = binary_matrix(train, self._users, self._items)
+        backend = make_backend(self.config, l2_normalize_rows(self._train), horovod=horovod)
+        self._backend = backend
+        config = self.config
+        if config.adapt_to_data:
+            config = adapt_to_data(config, len(self._users), backend.world_size)
+        self.fitted_config_ = config
+        self.history_, self.best_epoch_ = [], None
+        best_ndcg, best_weights, step = -np.inf, None, 0
+        for epoch in range(1, config.epochs + 1):
+            plan = []
+            for rows in epoch_batches(
+                len(self._users), config.batch_size, epoch, config.seed, backend.rank, backend.world_size
+            ):
+                plan.append((rows, anneal_beta(step, config.total_anneal_steps, config.anneal_cap)))
+                step += 1
+            start = time.perf_counter()
+            loss_sum, n_users = backend.allreduce_sum(backend.train_epoch(plan))
+            seconds = time.perf_counter() - start
+            record = {
+                "epoch": float(epoch),
+                "loss": loss_sum / n_users,
+                "beta": plan[-1][1],
+                "epoch_seconds": seconds,
+                "users_per_second": n_users / seconds,
+            }
+            if validation is not None and (epoch % config.validation_step == 0 or epoch == config.epochs):
+                start = time.perf_counter()
+                scores = self.evaluate(validation_fold_in, validation)
+                record["validation_seconds"] = time.perf_counter() - start
+                record |= {f"validation_{name}": value for name, value in scores.items()}
+                if scores["ndcg_at_100"] > best_ndcg:
+                    best_ndcg, best_weights = scores["ndcg_at_100"], backend.get_weights()
+                    self.best_epoch_ = epoch
+            self.history_.append(record)
+        if best_weights is None:
+            self.best_epoch_ = config.epochs
+        else:
+            backend.set_weights(best_weights)
+        return self
+
+    def _fold_in_rows(self, history: pd.DataFrame) -> tuple[IdIndex, sp.csr_matrix]:
+        require_columns(history, (USER, ITEM), "fold-in history")
+        users = IdIndex.from_values(history[USER])
+        return users, binary_matrix(history, users, self._items)
+
+    def _scores(self, rows: sp.csr_matrix, exclude_seen: bool) -> Iterator[tuple[slice, np.ndarray]]:
+        assert self._backend is not None
+        normalized = l2_normalize_rows(rows)
+        for block in user_blocks(rows.shape[0], self.config.eval_batch_size):
+            scores = self._backend.logits(normalized[block])
+            if exclude_seen:
+                mask_seen(scores, rows[block])
+            yield block, scores
+
+    def evaluate(self, fold_in: pd.DataFrame, heldout: pd.DataFrame) -> dict[str, float]:
+        """NDCG@100, Recall@20, Recall@50 of held-out items for fold-in users (strong generalisation).
+
+        Users are averaged over those with at least one held-out item among the training items; under
+        Horovod each worker scores its share of users and the sums are allreduced.
+        """
+        require_fitted(self._backend is not None, "VAECF")
+        assert self._backend is not None
+        require_columns(heldout, (USER, ITEM), "held-out items")
+        users, rows = self._fold_in_rows(fold_in)
+        truth = binary_matrix(heldout, users, self._items)
+        mine = np.array_split(np.arange(len(users)), self._backend.world_size)[self._backend.rank]
+        rows, truth = rows[mine], truth[mine]
+        sums = np.zeros(4)
+        for block, scores in self._scores(rows, exclude_seen=True):
+            sums += metric_sums(scores, truth[block])
+        sums = self._backend.allreduce_sum(sums)
+        if sums[3] == 0:
+            raise EmptySplit("no fold-in user has held-out items among the training items; check the split.")
+        return dict(zip(METRICS, (sums[:3] / sums[3]).tolist(), strict=True))
+
+    def _recommend_rows(
+        self, user_ids: np.ndarray, rows: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> pd.DataFrame:
+        frames = [
+            recommendations_frame(user_ids[block], *top_k_dense(scores, k), self._items)
+            for block, scores in self._scores(rows, exclude_seen)
+        ]
+        if not frames:  # no users: an empty frame with the right columns and dtypes
+            frames = [recommendations_frame(user_ids, *top_k_dense(np.empty((0, 1)), k), self._items)]
+        return pd.concat(frames, ignore_index=True)
+
+    def recommend(
+        self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
+        """Top-``k`` items for training users, encoding their training histories; unknown users get no rows."""
+        require_fitted(self._backend is not None, "VAECF")
+        wanted = self._users.ids if users is None else np.asarray(list(users))
+        pos = self._users.positions(wanted)
+        known = pos >= 0
+        return self._recommend_rows(wanted[known], self._train[pos[known]], k, exclude_seen)
+
+    def recommend_fold_in(
+        self, history: pd.DataFrame, k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
+        """Top-``k`` items for users unseen in training, from their (fold-in) histories."""
+        require_fitted(self._backend is not None, "VAECF")
+        users, rows = self._fold_in_rows(history)
+        return self._recommend_rows(users.ids, rows, k, exclude_seen)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model (TF SavedModel folder or torch state dict) and item ids under ``path``."""
+        require_fitted(self._backend is not None, "VAECF")
+        assert self._backend is not None
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "item_ids.npy", self._items.ids)
+        return self._backend.save(path)
+
+    def params(self) -> dict[str, Any]:
+        """The effective hyper-parameters (after the small data rule once fitted), for logging."""
+        return asdict(getattr(self, "fitted_config_", self.config))

@@ -1,0 +1,340 @@
+"""VAE-CF (Mult-VAE, Liang et al. 2018): pipeline pieces by hand, the protocol on MovieLens-100K, both
+backends, mixed precision, Horovod with two ``horovodrun --gloo`` workers, the worker's outputs.
+
+The ML-100K split is the paper's strong generalisation (ratings ≥ 4, users with ≥ 5 of them, 94
+validation and 94 test users, 20% of each held-out user's items to predict). Models here are small
+(hidden 200-50, a few epochs) to stay within seconds on 2 CPU cores; the benchmark runs the full size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recmodels import metrics, preprocessing
+from recmodels._columns import INTERACTION_COLUMNS, ITEM, USER
+from recmodels.base import IdIndex, mask_seen, recommendations_frame, top_k_dense
+from recmodels.errors import EmptySplit, InvalidConfig, NotFitted
+from recmodels.popularity import Popularity
+from recmodels.vae_cf import (
+    VAECF,
+    VAECFConfig,
+    adapt_to_data,
+    anneal_beta,
+    binary_matrix,
+    epoch_batches,
+    l2_normalize_rows,
+    metric_sums,
+    sparse_parts,
+)
+
+torch.set_num_threads(1)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+SETS = ("train", "validation_fold_in", "validation", "test_fold_in", "test")
+# Small enough for seconds per fit on 2 cores, large enough to beat popularity clearly.
+SMALL = {"hidden_dims": (200, 50), "epochs": 6, "validation_step": 2, "lr": 3e-3, "seed": 0}
+
+
+def _tf():
+    """TensorFlow with two CPU threads, or skip where the [tf] extra is not installed."""
+    tf = pytest.importorskip(
+        "tensorflow", reason="needs the [tf] extra: bash deployments/install_tf_extra.sh"
+    )
+    if not tf.config.threading.get_intra_op_parallelism_threads():
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    return tf
+
+
+@pytest.fixture(scope="module")
+def split(mirror: Path) -> dict[str, pd.DataFrame]:
+    raw = pd.read_csv(mirror / "ml-100k" / "u.data", sep="\t", names=list(INTERACTION_COLUMNS))
+    df = preprocessing.filter_min_interactions(preprocessing.to_implicit(raw), 5, 0)
+    return preprocessing.split_strong_generalization(df).frames()
+
+
+@pytest.fixture(scope="module")
+def prepared(split: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("prepared")
+    for name in SETS:
+        split[name].to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def popularity_ndcg(split: dict[str, pd.DataFrame]) -> float:
+    recs = Popularity().fit(split["train"]).recommend_fold_in(split["test_fold_in"], k=100)
+    return metrics.ndcg_at_k(recs, split["test"], 100)
+
+
+@pytest.fixture(scope="module")
+def torch_model(split: dict[str, pd.DataFrame]) -> VAECF:
+    return VAECF(backend="torch", **SMALL).fit(
+        split["train"], split["validation_fold_in"], split["validation"]
+    )
+
+
+@pytest.fixture(scope="module")
+def tf_model(split: dict[str, pd.DataFrame]) -> VAECF:
+    _tf()
+    return VAECF(backend="tf", **SMALL).fit(split["train"], split["validation_fold_in"], split["validation"])
+
+
+# --- pipeline pieces, by hand -------------------------------------------------------------------------
+
+
+def test_seed_defaults_and_small_data_rule():
+    config = VAECFConfig()
+    assert (config.epochs, config.lr, config.batch_size) == (200, 1e-3, 10_000)
+    assert (config.total_anneal_steps, config.anneal_cap, config.lam, config.hidden_dims) == (
+        200_000,
+        0.2,
+        0.01,
+        (600, 200),
+    )
+    # ML-100K's 750 training users: 10 batches of 75; 200 · 10 = 2,000 steps, so β reaches 0.2 at the
+    # last one when 0.2 · T = 2,000, T = 10,000 (the seed's 200,000 would stop at β = 0.01).
+    small = adapt_to_data(config, 750)
+    assert (small.batch_size, small.total_anneal_steps) == (75, 10_000)
+    # Two workers: 38 users each a step, 10 global steps of 76.
+    assert adapt_to_data(config, 750, world_size=2).batch_size == 38
+    # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
+    large = adapt_to_data(config, 116_677)
+    assert (large.batch_size, large.total_anneal_steps) == (10_000, 12_000)
+    # A run long enough to reach the cap keeps the configured annealing.
+    assert adapt_to_data(replace(config, total_anneal_steps=1_000), 750).total_anneal_steps == 1_000
+
+
+def test_anneal_beta_is_linear_then_capped():
+    assert [anneal_beta(s, 1_000, 0.2) for s in (0, 100, 200, 900)] == [0.0, 0.1, 0.2, 0.2]
+
+
+def test_epoch_batches_cover_every_user_once_with_equal_step_counts():
+    parts = [epoch_batches(23, 5, epoch=3, seed=7, rank=r, world_size=2) for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == 3  # ceil(23 / (5 · 2))
+    everyone = np.concatenate([rows for part in parts for rows in part])
+    assert sorted(everyone.tolist()) == list(range(23))
+    assert [len(rows) for rows in parts[0]] == [4, 4, 4] and [len(rows) for rows in parts[1]] == [4, 4, 3]
+    same = epoch_batches(23, 5, epoch=3, seed=7, rank=0, world_size=2)
+    assert all(np.array_equal(a, b) for a, b in zip(parts[0], same, strict=True))
+    other_epoch = epoch_batches(23, 5, epoch=4, seed=7, rank=0, world_size=2)
+    assert not np.array_equal(np.concatenate(parts[0]), np.concatenate(other_epoch))
+
+
+def test_l2_normalised_rows_and_sparse_parts():
+    x = sp.csr_matrix(np.array([[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 0, 0]], np.float32))
+    normalized = l2_normalize_rows(x)
+    np.testing.assert_allclose(normalized.toarray(), [[0.5, 0.5, 0, 0.5, 0.5], [0] * 5, [0, 1, 0, 0, 0]])
+    indices, values, shape = sparse_parts(normalized, np.array([2, 0]))
+    assert indices.tolist() == [[0, 1], [1, 0], [1, 1], [1, 3], [1, 4]]
+    np.testing.assert_allclose(values, [1, 0.5, 0.5, 0.5, 0.5])
+    assert shape.tolist() == [2, 5]
+
+
+def test_metric_sums_by_hand():
+    # 3 users × 120 items. u0 holds out items 0 and 5 and ranks them 1st and 3rd; u1 holds out item 2,
+    # ranked 101st (outside every cut-off); u2 holds out nothing and is skipped.
+    scores = -np.tile(np.arange(120, dtype=np.float64), (3, 1))
+    scores[0, [0, 7, 5]] = [10, 9, 8]
+    scores[1, 2] = -1000  # below all others
+    scores[1, 119] = -np.inf  # a seen item
+    heldout = sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 1], [0, 5, 2])), shape=(3, 120))
+    ndcg0 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    expected = [ndcg0, 1.0, 1.0, 2]  # u0: Recall@20 = Recall@50 = 2 / min(R, 2); u1: 0
+    np.testing.assert_allclose(metric_sums(scores, heldout), expected)
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(InvalidConfig, match=r"keep_prob=1.5 must be in \(0, 1\]"):
+        VAECFConfig(keep_prob=1.5)
+    with pytest.raises(InvalidConfig, match="backend='jax' must be 'tf' or 'torch'"):
+        VAECF(backend="jax")
+    with pytest.raises(InvalidConfig, match="use backend='tf' for Horovod"):
+        VAECF(backend="torch").fit(pd.DataFrame({USER: [1, 1], ITEM: [1, 2]}), horovod=True)
+    with pytest.raises(NotFitted, match=r"call VAECF\.fit\(train\) first"):
+        VAECF(backend="torch").recommend([1])
+    with pytest.raises(EmptySplit, match="train has no interactions"):
+        VAECF(backend="torch").fit(pd.DataFrame({USER: [], ITEM: []}))
+
+
+def test_missing_tensorflow_raises_missing_extra_and_torch_still_works():
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "import pandas as pd\n"
+        "from recmodels.vae_cf import VAECF\n"
+        "df = pd.DataFrame({'user_id': [1, 1, 2, 2], 'item_id': [1, 2, 2, 3]})\n"
+        "VAECF(backend='torch', epochs=1, hidden_dims=(4, 2)).fit(df)\n"
+        "VAECF(backend='tf').fit(df)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "MissingExtra: vae_cf with backend='tf' needs tensorflow" in out.stderr
+    assert "bash deployments/install_tf_extra.sh" in out.stderr
+
+
+# --- the protocol on MovieLens-100K -------------------------------------------------------------------
+
+
+def test_torch_beats_popularity_and_keeps_the_best_epoch(torch_model, split, popularity_ndcg):
+    test = torch_model.evaluate(split["test_fold_in"], split["test"])
+    assert test["ndcg_at_100"] > popularity_ndcg + 0.04, (test, popularity_ndcg)
+    validated = [h for h in torch_model.history_ if "validation_ndcg_at_100" in h]
+    assert [h["epoch"] for h in validated] == [2, 4, 6]
+    best = max(validated, key=lambda h: h["validation_ndcg_at_100"])
+    assert torch_model.best_epoch_ == best["epoch"]
+    # The kept weights are the best epoch's: re-evaluating validation reproduces its score.
+    again = torch_model.evaluate(split["validation_fold_in"], split["validation"])
+    assert again["ndcg_at_100"] == pytest.approx(best["validation_ndcg_at_100"], abs=1e-6)
+    losses = [h["loss"] for h in torch_model.history_]
+    assert losses[-1] < losses[0]
+    assert torch_model.history_[-1]["beta"] == pytest.approx(0.2 * (6 * 10 - 1) / 60)
+
+
+def test_recommendations_exclude_history_and_match_evaluate(torch_model, split):
+    fold_in = split["test_fold_in"]
+    recs = torch_model.recommend_fold_in(fold_in, k=100)
+    assert list(recs.columns) == [USER, ITEM, "score", "rank"]
+    assert recs.groupby(USER).size().eq(100).all() and recs[USER].nunique() == fold_in[USER].nunique()
+    assert recs.merge(fold_in[[USER, ITEM]]).empty
+    assert (recs.groupby(USER)["score"].diff().dropna() <= 0).all()
+    # The DataFrame path (metrics.ndcg_at_k) agrees with the dense path of evaluate().
+    dense = torch_model.evaluate(fold_in, split["test"])["ndcg_at_100"]
+    assert metrics.ndcg_at_k(recs, split["test"], 100) == pytest.approx(dense, abs=1e-9)
+    train = split["train"]
+    user = int(train[USER].iloc[0])
+    own = torch_model.recommend([user, -5], k=10)
+    assert set(own[USER]) == {user} and own[ITEM].isin(train.loc[train[USER] == user, ITEM]).sum() == 0
+    with_seen = torch_model.recommend([user], k=10, exclude_seen=False)
+    assert with_seen[ITEM].isin(train.loc[train[USER] == user, ITEM]).any()
+
+
+def test_tf_and_torch_reach_similar_ndcg(tf_model, torch_model, split, popularity_ndcg):
+    tf_test = tf_model.evaluate(split["test_fold_in"], split["test"])
+    torch_test = torch_model.evaluate(split["test_fold_in"], split["test"])
+    assert tf_test["ndcg_at_100"] > popularity_ndcg + 0.04
+    assert tf_test["ndcg_at_100"] == pytest.approx(torch_test["ndcg_at_100"], abs=0.03), (tf_test, torch_test)
+
+
+def test_saved_models_reproduce_the_recommendations(tf_model, torch_model, split, tmp_path):
+    tf = _tf()
+    from recmodels._vae_cf_torch import MultVAE
+
+    fold_in = split["test_fold_in"]
+    users = IdIndex.from_values(fold_in[USER])
+    items = IdIndex(np.load(tf_model.save(tmp_path / "tf").parent / "item_ids.npy"))
+    seen = binary_matrix(fold_in, users, items)
+    inputs = l2_normalize_rows(seen)
+
+    def top_10(scores: np.ndarray) -> pd.DataFrame:
+        mask_seen(scores, seen)
+        return recommendations_frame(users.ids, *top_k_dense(scores, 10), items)
+
+    serve = tf.saved_model.load(str(tmp_path / "tf" / "saved_model")).signatures["serving_default"]
+    parts = dict(
+        zip(("indices", "values", "dense_shape"), sparse_parts(inputs, np.arange(len(users))), strict=True)
+    )
+    served = top_10(serve(**{k: tf.constant(v) for k, v in parts.items()})["logits"].numpy())
+    pd.testing.assert_frame_equal(served, tf_model.recommend_fold_in(fold_in, k=10), rtol=1e-5)
+
+    module = MultVAE(len(items), SMALL["hidden_dims"], torch.Generator())
+    module.load_state_dict(torch.load(torch_model.save(tmp_path / "torch"), weights_only=True))
+    with torch.no_grad():
+        mu, _ = module.encode(
+            *(
+                torch.as_tensor(a)
+                for a in (inputs.indices.astype(np.int64), inputs.indptr[:-1].astype(np.int64), inputs.data)
+            )
+        )
+        loaded = top_10(module.decode(mu).numpy())
+    pd.testing.assert_frame_equal(loaded, torch_model.recommend_fold_in(fold_in, k=10), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["tf", "torch"])
+def test_mixed_precision_on_cpu_trains_in_bfloat16(backend, split, popularity_ndcg):
+    if backend == "tf":
+        _tf()
+    model = VAECF(backend=backend, use_amp=True, **SMALL).fit(
+        split["train"], split["validation_fold_in"], split["validation"]
+    )
+    if backend == "tf":
+        assert {layer.compute_dtype for layer in model._backend.model.encoder} == {"bfloat16"}
+        assert model._backend.model.encoder[0].kernel.dtype == "float32"  # float32 master weights
+    else:
+        assert model._backend.amp_dtype == torch.bfloat16
+    test = model.evaluate(split["test_fold_in"], split["test"])
+    assert test["ndcg_at_100"] > popularity_ndcg + 0.03, test
+
+
+# --- the worker: one process in-process, two under horovodrun ------------------------------------------
+
+
+def _worker_args(prepared: Path, output: Path, backend: str = "tf") -> list[str]:
+    params = json.dumps({**SMALL, "backend": backend})
+    return ["--prepared", str(prepared), "--output", str(output), "--params", params]
+
+
+@pytest.fixture(scope="module")
+def one_worker(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    _tf()
+    from tasks import vae_cf_worker
+
+    output = tmp_path_factory.mktemp("one")
+    uri = f"sqlite:///{output / 'mlflow.db'}"
+    assert (
+        vae_cf_worker.main([*_worker_args(prepared, output), "--tracking-uri", uri, "--tag", "size=100k"])
+        == 0
+    )
+    return output, uri
+
+
+def test_worker_writes_results_and_logs_to_mlflow(one_worker, split):
+    from mlflow.tracking import MlflowClient
+
+    output, uri = one_worker
+    results = json.loads((output / "results.json").read_text())
+    assert results["world_size"] == 1 and 1 <= results["best_epoch"] <= 6
+    recs = pd.read_parquet(output / "recommendations.parquet")
+    assert metrics.ndcg_at_k(recs, split["test"], 100) == pytest.approx(results["ndcg_at_100"], abs=1e-9)
+    assert (output / "model" / "saved_model" / "saved_model.pb").exists()
+    assert (output / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    client = MlflowClient(uri)
+    run = client.get_run(results["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["size"] == "100k"
+    assert run.data.params["hidden_dims"] == "(200, 50)" and run.data.params["batch_size"] == "75"
+    assert run.data.metrics["ndcg_at_100"] == pytest.approx(results["ndcg_at_100"])
+    curve = client.get_metric_history(run.info.run_id, "validation_ndcg_at_100")
+    assert sorted(m.step for m in curve) == [2, 4, 6]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"learning_curve.png", "results.json", "model"} <= artifacts
+
+
+def test_two_horovod_workers_match_one(one_worker, prepared, tmp_path):
+    _tf()
+    pytest.importorskip(
+        "horovod.tensorflow", reason="needs the [tf] extra: bash deployments/install_tf_extra.sh"
+    )
+    from tasks.vae_cf_worker import command
+
+    cmd = command(2, [*_worker_args(prepared, tmp_path), "--threads", "1"])
+    assert cmd[:7] == ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    two = json.loads((tmp_path / "results.json").read_text())
+    one = json.loads((one_worker[0] / "results.json").read_text())
+    assert two["world_size"] == 2
+    # Same split and epochs; twice the global batch at twice the learning rate, half the steps.
+    assert two["params"]["batch_size"] == 38 and one["params"]["batch_size"] == 75
+    assert two["ndcg_at_100"] == pytest.approx(one["ndcg_at_100"], abs=0.03), (one, two)
