@@ -49,6 +49,7 @@ from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingE
 
 try:
     import torch
+    from torch.optim.adam import adam
 except ImportError:  # the [torch] extra is optional: this module imports, the model refuses to start
     torch = None
 
@@ -96,9 +97,9 @@ def loss_and_gradients(
         sig_pos, sig_neg = torch.sigmoid(positive), torch.sigmoid(negative)
         return (1 - sig_pos + sig_neg).mean(), sig_pos * (sig_pos - 1) / n, sig_neg * (1 - sig_neg) / n
     if loss == "bpr":
-        sig = torch.sigmoid(positive - negative)
-        alpha = sig * (sig - 1) / n
-        return (1 - sig).mean(), alpha, -alpha
+        miss = torch.sigmoid(negative - positive)  # 1 − σ(ŷ(u,i) − ŷ(u,j))
+        alpha = (miss - 1).mul_(miss).div_(n)
+        return miss.mean(), alpha, -alpha
     margin = 1 - positive + negative  # hinge and adaptive hinge; torch.clamp passes the gradient at 0
     alpha = (margin >= 0).to(margin.dtype) / -n
     return margin.clamp(min=0).mean(), alpha, -alpha
@@ -107,34 +108,74 @@ def loss_and_gradients(
 def minibatch_gradient(
     weight: torch.Tensor,
     grad: torch.Tensor,
-    users: torch.Tensor,
-    positives: torch.Tensor,
-    negatives: torch.Tensor,
+    index: torch.Tensor,
     loss: Loss,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mean loss of one minibatch; its dense gradient with respect to the table ``weight`` goes to ``grad``.
 
-    ``users`` and ``positives`` (shape B) and ``negatives`` (shape n × B) are rows of ``weight``; more than
-    one negative per positive means adaptive hinge's max. ``compute_dtype`` (e.g. bfloat16) is the
-    precision of the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
+    ``index`` holds rows of ``weight``, shape (2 + n) × B: the users, their positive items, then n rows of
+    negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the precision of
+    the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
     """
-    batch = users.shape[0]
-    rows = weight.index_select(0, torch.cat([users, positives, negatives.reshape(-1)]))
-    rows = rows.to(compute_dtype or weight.dtype)
-    ones = rows.clone()
-    ones[:, -1] = 1  # [p_u | 1] and [q_i | 1]: each side's bias meets a 1 on the other side
-    items = rows[batch:].view(-1, batch, rows.shape[1])  # (1 + n) × B × (d + 1): positives, negatives
-    user_ones, item_ones = ones[:batch], ones[batch:].view_as(items)
-    scores = (items * user_ones).sum(-1) + rows[:batch, -1]
-    negative, hardest = scores[1:].max(0)
-    value, alpha, beta = loss_and_gradients(loss, scores[0], negative)
-    negative_ones = item_ones[1:].gather(0, hardest.view(1, batch, 1).expand(1, batch, rows.shape[1]))[0]
-    alpha, beta = alpha[:, None], beta[:, None]
-    grad_rows = torch.cat([alpha * item_ones[0] + beta * negative_ones, alpha * user_ones, beta * user_ones])
-    index = torch.cat([users, positives, negatives.gather(0, hardest[None])[0]])
-    grad.zero_().index_add_(0, index, grad_rows.to(grad.dtype))
+    flat = index.reshape(-1)
+    rows = weight.index_select(0, flat).to(compute_dtype or weight.dtype).view(*index.shape, -1)
+    ones = torch.nn.functional.pad(rows[..., :-1], (0, 1), value=1.0)  # [p_u | 1] and [q_i | 1]
+    scores = (rows[1:] * ones[0]).sum(-1)  # ŷ − b_u, (1 + n) × B: b_u cancels in the pairwise losses
+    if loss == "pointwise":
+        scores += rows[0, :, -1]
+    if len(scores) > 2:  # the gradient reaches only the highest-scored negative, as torch.max routes it
+        negative, hardest = scores[1:].max(0)
+        value, alpha, beta = loss_and_gradients(loss, scores[0], negative)
+        coef = torch.cat([alpha[None], torch.zeros_like(scores[1:]).scatter_(0, hardest[None], beta[None])])
+    else:
+        value, alpha, beta = loss_and_gradients(loss, scores[0], scores[1])
+        coef = torch.stack([alpha, beta])
+    coef = coef[..., None]  # ∂loss/∂ŷ of every (user, item) pair of the batch
+    grad_rows = torch.cat([(coef * ones[1:]).sum(0, keepdim=True), coef * ones[0]])
+    grad.zero_().index_add_(0, flat, grad_rows.view(len(flat), -1).to(grad.dtype))
     return value.to(grad.dtype)
+
+
+@dataclass(eq=False)
+class DenseAdam:
+    """``torch.optim.Adam(weight_decay=...)`` on one tensor, through its fused functional form.
+
+    The same update (Kingma & Ba, ICLR 2015, with L2 added to the gradient) as Spotlight's optimizer,
+    without ``Optimizer.step``'s per-call bookkeeping, which costs more than the kernel at small batches.
+    """
+
+    weight: torch.Tensor
+    learning_rate: float
+    weight_decay: float = 0.0
+    grad: torch.Tensor = field(init=False)
+    exp_avg: torch.Tensor = field(init=False)
+    exp_avg_sq: torch.Tensor = field(init=False)
+    steps: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grad, self.exp_avg, self.exp_avg_sq = (torch.zeros_like(self.weight) for _ in range(3))
+        self.steps = torch.zeros((), device=self.weight.device)
+
+    def step(self) -> None:
+        """Update ``weight`` in place with the gradient in ``grad``."""
+        with torch.no_grad():
+            adam(
+                [self.weight],
+                [self.grad],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [],
+                [self.steps],
+                fused=True,
+                amsgrad=False,
+                beta1=0.9,
+                beta2=0.999,
+                lr=self.learning_rate,
+                weight_decay=self.weight_decay,
+                eps=1e-8,
+                maximize=False,
+            )
 
 
 @dataclass(eq=False)
@@ -195,9 +236,7 @@ class ImplicitFactorization:
         else:
             generator.manual_seed(self.seed)
         self.module_ = BilinearNet(n_users, n_items, self.embedding_dim, generator, device)
-        optimizer = torch.optim.Adam(
-            self.module_.parameters(), lr=self.learning_rate, weight_decay=self.l2, fused=True
-        )
+        optimizer = DenseAdam(self.module_.weight, self.learning_rate, self.l2)
         self.history_ = []
         for epoch in range(1, self.n_iter + 1):
             start = time.perf_counter()
@@ -220,7 +259,7 @@ class ImplicitFactorization:
 
     def _epoch(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: DenseAdam,
         users: torch.Tensor,
         items: torch.Tensor,
         generator: torch.Generator,
@@ -230,31 +269,18 @@ class ImplicitFactorization:
         n_users, n_items = self.module_.n_users, self.module_.n_items
         n_negatives = self.num_negatives if self.loss == "adaptive_hinge" else 1
         compute_dtype = torch.bfloat16 if self.mixed_precision else None
-        order = torch.randperm(len(users), generator=generator, device=users.device)
-        users, items = users[order], items[order]
-        total = torch.zeros((), device=users.device)
-        weight.grad = torch.zeros_like(weight)
+        device = users.device
+        order = torch.randperm(len(users), generator=generator, device=device)
+        negatives = torch.randint(
+            n_users, n_users + n_items, (n_negatives, len(users)), generator=generator, device=device
+        )
+        index = torch.cat([users[order][None], items[order][None], negatives])  # (2 + n) × rows
+        losses = []
         with torch.no_grad():
-            for start in range(0, len(users), self.batch_size):
-                batch_users = users[start : start + self.batch_size]
-                negatives = torch.randint(
-                    n_users,
-                    n_users + n_items,
-                    (n_negatives, len(batch_users)),
-                    generator=generator,
-                    device=users.device,
-                )
-                total += minibatch_gradient(
-                    weight,
-                    weight.grad,
-                    batch_users,
-                    items[start : start + self.batch_size],
-                    negatives,
-                    self.loss,
-                    compute_dtype,
-                )
+            for batch in index.split(self.batch_size, dim=1):
+                losses.append(minibatch_gradient(weight, optimizer.grad, batch, self.loss, compute_dtype))
                 optimizer.step()
-        return total.item() / -(-len(users) // self.batch_size)
+        return torch.stack(losses).mean().item()
 
     def recommend(
         self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True

@@ -23,6 +23,7 @@ from recmodels.errors import (  # noqa: E402
 )
 from recmodels.implicit_mf import (  # noqa: E402
     BilinearNet,
+    DenseAdam,
     ImplicitFactorization,
     loss_and_gradients,
     minibatch_gradient,
@@ -102,7 +103,7 @@ def test_minibatch_gradient_equals_autograd_of_spotlights_bilinear_net(loss: str
     expected.backward()
 
     grad = torch.full_like(weight, 99.0)
-    value = minibatch_gradient(weight, grad, users, positives, negatives, loss)
+    value = minibatch_gradient(weight, grad, torch.cat([users[None], positives[None], negatives]), loss)
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
     torch.testing.assert_close(grad, reference.grad, rtol=1e-12, atol=1e-12)
 
@@ -124,18 +125,35 @@ def test_losses_and_gradients_at_zero_scores_hand_computed() -> None:
 def test_bfloat16_batch_arithmetic_stays_close_to_float32() -> None:
     gen = torch.Generator().manual_seed(0)
     net = BilinearNet(50, 80, 16, gen)
-    users = torch.randint(0, 50, (64,), generator=gen)
-    positives, negatives = (
-        torch.randint(50, 130, (64,), generator=gen),
-        torch.randint(50, 130, (1, 64), generator=gen),
+    index = torch.cat(
+        [torch.randint(0, 50, (1, 64), generator=gen), torch.randint(50, 130, (2, 64), generator=gen)]
     )
     exact, mixed = torch.empty_like(net.weight), torch.empty_like(net.weight)
     with torch.no_grad():
-        value = minibatch_gradient(net.weight, exact, users, positives, negatives, "bpr")
-        value_bf16 = minibatch_gradient(net.weight, mixed, users, positives, negatives, "bpr", torch.bfloat16)
+        value = minibatch_gradient(net.weight, exact, index, "bpr")
+        value_bf16 = minibatch_gradient(net.weight, mixed, index, "bpr", torch.bfloat16)
     assert mixed.dtype == torch.float32
     assert value_bf16.item() == pytest.approx(value.item(), rel=1e-2)
     torch.testing.assert_close(mixed, exact, rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_dense_adam_is_torch_adam_with_weight_decay(l2: float) -> None:
+    """Spotlight's optimizer: torch.optim.Adam(lr, weight_decay=l2) over every row, at every step."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(7, 3, generator=gen)
+    reference = torch.nn.Parameter(start.clone())
+    torch_adam = torch.optim.Adam([reference], lr=0.05, weight_decay=l2)
+    ours = DenseAdam(torch.nn.Parameter(start.clone()), 0.05, l2)
+    for _ in range(5):
+        grad = torch.randn(7, 3, generator=gen) * (
+            torch.rand(7, 1, generator=gen) < 0.5
+        )  # rows left untouched
+        reference.grad = grad.clone()
+        torch_adam.step()
+        ours.grad.copy_(grad)
+        ours.step()
+    torch.testing.assert_close(ours.weight, reference, rtol=1e-6, atol=1e-7)
 
 
 def test_initialisation_follows_spotlight_layers() -> None:
