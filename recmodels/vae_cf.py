@@ -39,13 +39,16 @@ not interacted with: NDCG@100 and Recall@R with VAE-CF's normalisation
 :math:`\text{Recall@R} = \text{hits}/\min(R, |I_u|)`.
 
 Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 annealing steps, cap 0.2,
-λ = 0.01). Small data rule (:func:`adapt_to_data`): where the training users are fewer than
-``min_steps_per_epoch`` batches of the configured size (MovieLens-100K has ~750 training users), the
-batch shrinks to ``ceil(users / min_steps_per_epoch)`` so an epoch still takes several gradient steps;
-and where β would not reach ``anneal_cap`` within the run (``epochs × steps`` < ``anneal_cap ×
-total_anneal_steps``), annealing is shortened so that it does at the last step, as it nearly does in
-the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model selection on validation
-NDCG sees the whole β range (paper §2.2.2, Fig. 1).
+λ = 0.01). Small data rule (:func:`adapt_to_data`), for data sets where these do not fit:
+
+- where the training users are fewer than ``min_steps_per_epoch`` batches of the configured size
+  (MovieLens-100K has ~750), the batch shrinks to ``ceil(users / min_steps_per_epoch)``, so an epoch
+  still takes several gradient steps. That is each Horovod worker's batch: N workers take N-times
+  larger global steps at N times the learning rate (the linear scaling rule Horovod follows);
+- where β would not reach ``anneal_cap`` within the run (``epochs × steps per epoch`` <
+  ``anneal_cap × total_anneal_steps``), annealing is shortened so that it does at the last step, as
+  it nearly does in the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model
+  selection on validation NDCG sees the whole β range (§2.2.2, Fig. 1).
 """
 
 from __future__ import annotations
@@ -136,8 +139,7 @@ class VAECFConfig:
 
 def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) -> VAECFConfig:
     """The small data rule (module docstring): smaller batches and shorter annealing where they don't fit."""
-    per_step = max(1, -(-n_train_users // (config.min_steps_per_epoch * world_size)))
-    batch_size = min(config.batch_size, per_step)
+    batch_size = min(config.batch_size, max(1, -(-n_train_users // config.min_steps_per_epoch)))
     steps = config.epochs * -(-n_train_users // (batch_size * world_size))
     reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
     return replace(

@@ -107,8 +107,9 @@ def test_seed_defaults_and_small_data_rule():
     # last one when 0.2 · T = 2,000, T = 10,000 (the seed's 200,000 would stop at β = 0.01).
     small = adapt_to_data(config, 750)
     assert (small.batch_size, small.total_anneal_steps) == (75, 10_000)
-    # Two workers: 38 users each a step, 10 global steps of 76.
-    assert adapt_to_data(config, 750, world_size=2).batch_size == 38
+    # Two workers: 75 users each a step, 5 global steps of 150 an epoch, 1,000 in all: T = 5,000.
+    two = adapt_to_data(config, 750, world_size=2)
+    assert (two.batch_size, two.total_anneal_steps) == (75, 5_000)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
     assert (large.batch_size, large.total_anneal_steps) == (10_000, 12_000)
@@ -336,5 +337,5 @@ def test_two_horovod_workers_match_one(one_worker, prepared, tmp_path):
     one = json.loads((one_worker[0] / "results.json").read_text())
     assert two["world_size"] == 2
     # Same split and epochs; twice the global batch at twice the learning rate, half the steps.
-    assert two["params"]["batch_size"] == 38 and one["params"]["batch_size"] == 75
+    assert two["params"]["batch_size"] == one["params"]["batch_size"] == 75
     assert two["ndcg_at_100"] == pytest.approx(one["ndcg_at_100"], abs=0.03), (one, two)
