@@ -52,6 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Iterator[St
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MOVIELENS_MIRROR", str(mirror))
+        patch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # workers poll every 10 s by default
         try:
             stack_up(config)
             yield config
