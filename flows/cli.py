@@ -135,6 +135,34 @@ def cmd_show(args: argparse.Namespace) -> None:
         _print_rows(rows, f"{parent.info.run_name} ({parent.info.status}, run {parent.info.run_id})")
 
 
+def cmd_stack(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from deployments.stack import StackConfig, client_env, stack_down, stack_status, stack_up
+    from recmodels.datasets import benchmark_home
+
+    config = StackConfig(
+        home=Path(args.home) if args.home else benchmark_home(),
+        storage=args.storage,
+        prefect_host=args.host,
+        prefect_port=args.prefect_port,
+        mlflow_host=args.host,
+        mlflow_port=args.mlflow_port,
+        timeout_s=args.timeout,
+    )
+    if args.action == "down":
+        console.print("stopped: " + (", ".join(stack_down(config)) or "nothing was running"))
+        return
+    table = Table(title=f"stack ({config.state_dir})")
+    for column in ("service", "pid", "healthy", "log"):
+        table.add_column(column)
+    for status in (stack_up if args.action == "up" else stack_status)(config):
+        table.add_row(status.name, str(status.pid or ""), "yes" if status.healthy else "no", str(status.log))
+    console.print(table)
+    for key, value in client_env(config).items():
+        console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movielens-benchmark", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -171,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--experiment", default="movielens-benchmark")
     show.add_argument("--last", type=int, default=1)
     show.set_defaults(func=cmd_show)
+
+    stack = sub.add_parser("stack", help="Prefect server, MLflow server, work pools, workers, deployments")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--home", default=None)
+    stack.add_argument("--storage", default=None, help="workers' data home (any fsspec URL); default: home")
+    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument("--prefect-port", type=int, default=4200)
+    stack.add_argument("--mlflow-port", type=int, default=5000)
+    stack.add_argument("--timeout", type=float, default=120.0)
+    stack.set_defaults(func=cmd_stack)
     return parser
 
 

@@ -34,11 +34,13 @@ def experiment_id(uri: str, home: Path, name: str = EXPERIMENT) -> str:
 
 
 def git_commit() -> str:
-    """Commit of the project checkout the code runs from, or ``unknown`` outside a git checkout."""
+    """Commit of the project checkout the code runs from; ``$GIT_COMMIT`` (set by the Docker images,
+    which have no .git) or ``unknown`` outside a git checkout."""
+    fallback = os.environ.get("GIT_COMMIT", "unknown")
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return fallback
+    return out.stdout.strip() if out.returncode == 0 else fallback
