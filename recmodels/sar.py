@@ -31,14 +31,20 @@ module reproduces item for item (tests/test_sar.py). From rows (user u, item i, 
 
 S is stored sparse (CSR, float64): SARSingleNode's dense S would need 5.7 GB for 26k items. Scoring
 multiplies by a dense copy of S when it fits in ``DENSE_SIMILARITY_BYTES`` (≈5.8k items), which is
-faster for the dense S of MovieLens, and by the sparse S otherwise. The pure functions below are the
-building blocks of a distributed version: C is a sum over partitions of users of ``cooccurrence``,
-affinity rows and score blocks are computed per partition.
+faster for the dense S of MovieLens, and by the sparse S otherwise.
+
+Column shards. Every step above is column-separable: S[:, c] needs only C[:, c] = Bᵀ B[:, c] and the
+item counts d, the scores of items c are A S[:, c], and the top k of a user is the top k of the union of
+the per-shard top k (ordered by score, then item). ``similarity_columns``, ``unit_score_range``,
+``top_k_items`` and ``merge_top_k`` compute a shard each; ``tasks/sar_dask.py`` runs them on a Dask
+cluster, one dense shard per worker. They do the same float64 operations in the same order as the
+single-node path (which is ``top_k_items`` over one shard), so both give the same items, order and
+scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -62,6 +68,7 @@ Similarity = Literal["jaccard", "lift", "cosine", "counts", "inclusion index"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 SECONDS_PER_DAY = 86_400
 DENSE_SIMILARITY_BYTES = 2**28
+SHARD_CHUNK_ELEMENTS = 2**22  # item rows × shard columns counted at once by ``similarity_columns``
 
 
 def cooccurrence(seen: sp.csr_matrix) -> sp.csr_matrix:
@@ -79,7 +86,40 @@ def similarity_from_cooccurrence(
     counts.eliminate_zeros()
     d = counts.diagonal()
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    di, dj, c = d[rows], d[counts.indices], counts.data
+    values = _similarity(counts.data, d[rows], d[counts.indices], kind)
+    return sp.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape)
+
+
+def similarity_columns(
+    seen: sp.csr_matrix,
+    columns: slice,
+    kind: Similarity = "jaccard",
+    support_threshold: int = 1,
+    chunk_elements: int = SHARD_CHUNK_ELEMENTS,
+) -> np.ndarray:
+    """The dense column shard S[:, columns] (items × shard width, float64) of ``seen``'s similarity.
+
+    Equal, entry for entry, to ``similarity_from_cooccurrence(cooccurrence(seen), ...)[:, columns]``
+    without forming C: C[r, columns] = B[:, r]ᵀ B[:, columns] is counted for chunks r of item rows
+    holding at most ``chunk_elements`` entries, so the sparse products stay small.
+    """
+    n_items = seen.shape[1]
+    binary = seen.astype(bool).astype(np.int32)
+    item_users = binary.T.tocsr()
+    shard = binary[:, columns].tocsr()
+    # d = diag C before the threshold: > 0 for every item, so below-threshold zeros divide to 0.
+    users_per_item = np.bincount(binary.indices, minlength=n_items).astype(np.float64)
+    d_columns = users_per_item[None, columns]
+    out = np.empty((n_items, shard.shape[1]))
+    for rows in user_blocks(n_items, max(1, chunk_elements // max(1, shard.shape[1]))):
+        counts = (item_users[rows] @ shard).toarray().astype(np.float64)
+        counts[counts < support_threshold] = 0
+        out[rows] = _similarity(counts, users_per_item[rows, None], d_columns, kind)
+    return out
+
+
+def _similarity(c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str) -> np.ndarray:
+    """S_ij from C_ij and the item counts d_i, d_j (module docstring, step 2); d > 0 wherever C > 0."""
     match kind:
         case "counts":
             denominator = np.ones_like(c)
@@ -93,7 +133,7 @@ def similarity_from_cooccurrence(
             denominator = np.minimum(di, dj)
         case _:
             raise InvalidConfig(f"similarity {kind!r} is unknown; use one of {SIMILARITIES}.")
-    return sp.csr_matrix((c / denominator, counts.indices, counts.indptr), shape=counts.shape)
+    return c / denominator
 
 
 def decay_weights(timestamps: np.ndarray, time_now: float, half_life_days: float | None) -> np.ndarray:
@@ -120,13 +160,76 @@ def score_block(affinity: sp.csr_matrix, similarity: sp.csr_matrix | np.ndarray)
 
 
 def normalize_scores(
-    scores: np.ndarray, unit_scores: np.ndarray, rating_min: float, rating_max: float
+    scores: np.ndarray, unit_min: np.ndarray, unit_max: np.ndarray, rating_min: float, rating_max: float
 ) -> np.ndarray:
-    """Rescale each row of ``scores`` to [rating_min, rating_max] given the unit-rating scores W S."""
-    lo = rating_min * unit_scores.min(axis=1, keepdims=True)
-    hi = rating_max * unit_scores.max(axis=1, keepdims=True)
+    """Rescale each row of ``scores`` to [rating_min, rating_max] given the row's min and max of W S."""
+    lo = rating_min * unit_min[:, None]
+    hi = rating_max * unit_max[:, None]
     span = np.where(hi > lo, hi - lo, 1.0)
     return rating_min + (scores - lo) * (rating_max - rating_min) / span
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """The rows that scoring needs, one per user: raw id, affinity A, unit affinity W (or None), seen B."""
+
+    user_ids: np.ndarray
+    affinity: sp.csr_matrix
+    unit_affinity: sp.csr_matrix | None
+    seen: sp.csr_matrix
+
+
+def unit_score_range(
+    unit_affinity: sp.csr_matrix, similarity: sp.csr_matrix | np.ndarray, block_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's min and max of W S over the columns of ``similarity`` (all items or one shard)."""
+    lows, highs = [np.empty(0)], [np.empty(0)]
+    for block in user_blocks(unit_affinity.shape[0], block_size):
+        unit_scores = score_block(unit_affinity[block], similarity)
+        lows.append(unit_scores.min(axis=1))
+        highs.append(unit_scores.max(axis=1))
+    return np.concatenate(lows), np.concatenate(highs)
+
+
+def top_k_items(
+    inputs: ScoringInputs,
+    similarity: sp.csr_matrix | np.ndarray,
+    k: int,
+    exclude_seen: bool = True,
+    block_size: int = 1024,
+    first_item: int = 0,
+    normalize: tuple[np.ndarray, np.ndarray, float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item positions and scores of each user's ``k`` best items among the columns of ``similarity``.
+
+    ``similarity`` is S or its column shard starting at item ``first_item`` (positions returned are
+    global); ``block_size`` users are scored at a time. ``normalize`` = (unit_min, unit_max, r_min,
+    r_max) rescales scores as in step 5, with each user's W S range over all items (``unit_score_range``).
+    Positions of excluded items come back as -1 (see ``top_k_dense``).
+    """
+    k = check_k(k)
+    width = similarity.shape[1]
+    seen = inputs.seen[:, first_item : first_item + width]
+    positions, values = [np.empty((0, min(k, width)), np.int64)], [np.empty((0, min(k, width)))]
+    for block in user_blocks(len(inputs.user_ids), block_size):
+        scores = score_block(inputs.affinity[block], similarity)
+        if normalize is not None:
+            unit_min, unit_max, rating_min, rating_max = normalize
+            scores = normalize_scores(scores, unit_min[block], unit_max[block], rating_min, rating_max)
+        if exclude_seen:
+            mask_seen(scores, seen[block])
+        idx, val = top_k_dense(scores, k)
+        positions.append(np.where(idx >= 0, idx + first_item, -1))
+        values.append(val)
+    return np.concatenate(positions), np.concatenate(values)
+
+
+def merge_top_k(shards: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of per-shard ``top_k_items`` results: by score, ties to the lower item, -1 last."""
+    positions = np.hstack([p for p, _ in shards])
+    values = np.hstack([v for _, v in shards])
+    order = np.lexsort((positions, -values), axis=1)[:, : check_k(k)]
+    return np.take_along_axis(positions, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
 @dataclass(eq=False)
@@ -178,6 +281,14 @@ class SAR:
 
     def fit(self, train: pd.DataFrame) -> SAR:
         """Learn item similarity and user affinity from user_id, item_id, rating[, timestamp] rows."""
+        self.fit_affinity(train)
+        self.similarity_ = similarity_from_cooccurrence(
+            cooccurrence(self.seen_), self.similarity, self.support_threshold
+        )
+        return self
+
+    def fit_affinity(self, train: pd.DataFrame) -> SAR:
+        """Everything ``fit`` learns but the similarity (which a distributed fit builds in shards)."""
         require_columns(train, self._columns, "SAR train")
         if train.empty:
             raise EmptySplit("SAR train has no rows; fit on a non-empty train split.")
@@ -194,9 +305,6 @@ class SAR:
         self.unit_affinity_ = (
             interaction_matrix(train, self.users_, self.items_, values=weights) if self.normalize else None
         )
-        self.similarity_ = similarity_from_cooccurrence(
-            cooccurrence(self.seen_), self.similarity, self.support_threshold
-        )
         return self
 
     def recommend(
@@ -207,16 +315,7 @@ class SAR:
         Users unknown to the model get no rows; the others come in the order given.
         """
         require_fitted(hasattr(self, "similarity_"), "SAR")
-        user_ids = (
-            self.users_.ids
-            if users is None
-            else pd.unique(np.asarray(list(users), dtype=self.users_.ids.dtype))
-        )
-        rows = self.users_.positions(user_ids)
-        known = rows >= 0
-        rows = rows[known]
-        unit = None if self.unit_affinity_ is None else self.unit_affinity_[rows]
-        return self._top_k(user_ids[known], self.affinity_[rows], unit, self.seen_[rows], k, exclude_seen)
+        return self._top_k(self.scoring_inputs(users), k, exclude_seen)
 
     def recommend_fold_in(
         self, history: pd.DataFrame, k: int = 10, exclude_seen: bool = True
@@ -227,14 +326,32 @@ class SAR:
         relative to the fitted ``time_now_``.
         """
         require_fitted(hasattr(self, "similarity_"), "SAR")
+        return self._top_k(self.fold_in_inputs(history), k, exclude_seen)
+
+    def scoring_inputs(self, users: Iterable[int] | None = None) -> ScoringInputs:
+        """The fitted rows of ``users`` (default: all of train's) in the order given, unknown ones dropped."""
+        require_fitted(hasattr(self, "affinity_"), "SAR")
+        user_ids = (
+            self.users_.ids
+            if users is None
+            else pd.unique(np.asarray(list(users), dtype=self.users_.ids.dtype))
+        )
+        rows = self.users_.positions(user_ids)
+        known = rows >= 0
+        rows = rows[known]
+        unit = None if self.unit_affinity_ is None else self.unit_affinity_[rows]
+        return ScoringInputs(user_ids[known], self.affinity_[rows], unit, self.seen_[rows])
+
+    def fold_in_inputs(self, history: pd.DataFrame) -> ScoringInputs:
+        """Rows built from ``history`` for its users, over the fitted items (unknown items ignored)."""
+        require_fitted(hasattr(self, "affinity_"), "SAR")
         require_columns(history, self._columns, "SAR fold-in history")
         history = history[self.items_.positions(history[ITEM].to_numpy()) >= 0]
         users = IdIndex.from_values(history[USER])
         weights = self._weights(history)
         affinity = user_affinity(history, users, self.items_, weights)
         unit = interaction_matrix(history, users, self.items_, values=weights) if self.normalize else None
-        seen = interaction_matrix(history, users, self.items_)
-        return self._top_k(users.ids, affinity, unit, seen, k, exclude_seen)
+        return ScoringInputs(users.ids, affinity, unit, interaction_matrix(history, users, self.items_))
 
     def similar_items(self, items: Iterable[int], k: int = 10) -> pd.DataFrame:
         """The ``k`` items most similar to each of ``items``: DataFrame(item_id, similar_item_id, score, rank).
@@ -248,39 +365,24 @@ class SAR:
         scores = self.similarity_[rows].toarray()
         scores[scores == 0] = -np.inf
         scores[np.arange(len(rows)), rows] = -np.inf
-        idx, val = top_k_dense(scores, _check_k(k))
+        idx, val = top_k_dense(scores, check_k(k))
         frame = recommendations_frame(self.items_.ids[rows], idx, val, self.items_)
         return frame.rename(columns={ITEM: "similar_item_id", USER: ITEM})
 
-    def _top_k(
-        self,
-        user_ids: np.ndarray,
-        affinity: sp.csr_matrix,
-        unit_affinity: sp.csr_matrix | None,
-        seen: sp.csr_matrix,
-        k: int,
-        exclude_seen: bool,
-    ) -> pd.DataFrame:
-        k = _check_k(k)
+    def _top_k(self, inputs: ScoringInputs, k: int, exclude_seen: bool) -> pd.DataFrame:
         n_items = len(self.items_)
         dense = n_items * n_items * 8 <= DENSE_SIMILARITY_BYTES
         similarity = self.similarity_.toarray() if dense else self.similarity_
-        frames = []
-        for block in user_blocks(len(user_ids), self.block_size):
-            scores = score_block(affinity[block], similarity)
-            if unit_affinity is not None:
-                unit_scores = score_block(unit_affinity[block], similarity)
-                scores = normalize_scores(scores, unit_scores, *self.rating_range_)
-            if exclude_seen:
-                mask_seen(scores, seen[block])
-            idx, val = top_k_dense(scores, k)
-            frames.append(recommendations_frame(user_ids[block], idx, val, self.items_))
-        if not frames:
-            return recommendations_frame(user_ids, np.empty((0, k), np.int64), np.empty((0, k)), self.items_)
-        return pd.concat(frames, ignore_index=True)
+        normalize = None
+        if inputs.unit_affinity is not None:
+            unit_range = unit_score_range(inputs.unit_affinity, similarity, self.block_size)
+            normalize = (*unit_range, *self.rating_range_)
+        idx, val = top_k_items(inputs, similarity, k, exclude_seen, self.block_size, normalize=normalize)
+        return recommendations_frame(inputs.user_ids, idx, val, self.items_)
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` if it is a valid number of items per user, else :class:`InvalidConfig`."""
     if k < 1:
         raise InvalidConfig(f"k={k} must be >= 1 (the number of items to return per user).")
     return k
