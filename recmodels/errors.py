@@ -67,3 +67,11 @@ class StackFailed(BenchmarkError, RuntimeError):
 
 class UnknownFormat(BenchmarkError, ValueError):
     """A ratings-file format name that the parser does not know."""
+
+
+class UnknownDeployment(BenchmarkError, LookupError):
+    """A Prefect deployment name that the Prefect API does not know."""
+
+
+class TrackingMismatch(BenchmarkError, RuntimeError):
+    """MLflow runs of a finished flow run that are not where this process looks (another tracking URI)."""
