@@ -88,6 +88,43 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from flows.benchmark import SplitConfig
+    from flows.sweep import check_metric, movielens_benchmark_sweep
+    from recmodels.registry import model_spec
+    from tasks.data import check_size
+
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for size in sizes:  # fail fast, before the local Prefect API starts
+        check_size(size)
+    for name in models:
+        model_spec(name)
+    check_metric(args.metric, args.top_k)
+    rows = movielens_benchmark_sweep(
+        sizes=sizes,
+        models=models,
+        deployment=args.deployment,
+        metric=args.metric,
+        split=SplitConfig(
+            strategy=args.split, ratios=[float(r) for r in args.ratios.split(",")], seed=args.seed
+        ),
+        top_k=args.top_k,
+        model_params=_model_params(args.param),
+        home=args.home,
+        mirror=args.mirror,
+        experiment=args.experiment,
+    )
+    columns = ["size", "model", "train_interactions", args.metric, "fit_seconds"]
+    table = Table(title=f"MovieLens sweep — {args.metric} and fit time")
+    for column in [*columns, "MLflow run"]:
+        table.add_column(column)
+    for row in rows:
+        cells = (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        table.add_row(*cells, row["run_url"] or row["run_id"])
+    console.print(table)
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from recmodels.datasets import RELEASES, benchmark_home
     from recmodels.synthetic import SYNTHETIC_SHAPES
@@ -189,6 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)")
     run.add_argument("--experiment", default="movielens-benchmark")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run the benchmark across sizes and compare them in MLflow")
+    sweep.add_argument("--sizes", default="100k,latest-small", help="comma-separated dataset sizes")
+    sweep.add_argument("--models", default="popularity,sar", help="comma-separated model names")
+    sweep.add_argument(
+        "--deployment", default=None, help="run each size on this deployment, e.g. movielens-benchmark/cpu"
+    )
+    sweep.add_argument("--metric", default="ndcg_at_10", help="metric to plot against size")
+    sweep.add_argument(
+        "--split",
+        default="stratified",
+        choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
+    )
+    sweep.add_argument("--ratios", default="0.75,0.25")
+    sweep.add_argument("--seed", type=int, default=42)
+    sweep.add_argument("--top-k", type=int, default=10)
+    sweep.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
+    sweep.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
+    sweep.add_argument(
+        "--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)"
+    )
+    sweep.add_argument("--experiment", default="movielens-benchmark")
+    sweep.set_defaults(func=cmd_sweep)
 
     datasets = sub.add_parser("datasets", help="list releases and synthetic shapes")
     datasets.add_argument("--home", default=None)
