@@ -14,6 +14,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from prefect import flow, runtime
 from prefect.artifacts import create_table_artifact
+from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
@@ -26,6 +27,8 @@ from tasks.prepared import load_prepared, prepared_key
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 from tasks.train import Tracking, train_and_evaluate
 
+GPU_POOL = "gpu"
+GPU_DEPLOYMENT = "movielens-benchmark/gpu"
 RESULT_COLUMNS = (
     "model",
     "precision_at_{k}",
@@ -79,13 +82,20 @@ def movielens_benchmark(
     home: str | None = None,
     mirror: str | None = None,
     experiment: str = "movielens-benchmark",
+    gpu: Literal["auto", "local", "pool"] = "auto",
+    mlflow_parent_run_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
     synthetic-<shape>); returns one row of metrics, times and memory per model.
 
     ``min_interactions`` is the k-core threshold for users, and for items unless
     ``min_item_interactions`` is given (VAE-CF's protocol filters users only: 0).
-    ``implicit_threshold`` keeps ratings at or above it as 1 (VAE-CF: 4.0)."""
+    ``implicit_threshold`` keeps ratings at or above it as 1 (VAE-CF: 4.0).
+
+    GPU models (implicit_mf, vae_cf) go to the ``gpu`` work pool as a run of the deployment
+    ``movielens-benchmark/gpu`` when ``gpu="pool"``, or with ``gpu="auto"`` when a worker of that pool
+    is online; otherwise (and with ``gpu="local"``) they run in-process (on CUDA when present). The GPU
+    run reuses the prepared data through the shared home and logs under ``mlflow_parent_run_id``."""
     logger = get_run_logger()
     data.check_size(size)
     for name in models:
@@ -134,45 +144,121 @@ def movielens_benchmark(
         "git_commit": git_commit(),
     }
     exp_id = experiment_id(uri, root, experiment)
-    parent = client.create_run(
-        exp_id,
-        run_name=f"{size}-{runtime.flow_run.name or 'local'}",
-        tags={**tags, "model": ",".join(models)},
-    )
-    parent_id = parent.info.run_id
-    for name, value in {
-        **data_params,
-        "models": ",".join(models),
-        "top_k": top_k,
-        "prepared_key": key,
-    }.items():
-        client.log_param(parent_id, name, value)
-    client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
+    own_parent = mlflow_parent_run_id is None
+    if own_parent:
+        parent_id = client.create_run(
+            exp_id,
+            run_name=f"{size}-{runtime.flow_run.name or 'local'}",
+            tags={**tags, "model": ",".join(models)},
+        ).info.run_id
+        params = {**data_params, "models": ",".join(models), "top_k": top_k, "prepared_key": key}
+        for name, value in params.items():
+            client.log_param(parent_id, name, value)
+        client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
+    else:
+        parent_id = mlflow_parent_run_id
     logger.info("MLflow parent run %s in experiment %s at %s", parent_id, experiment, uri)
 
-    tracking = Tracking(uri, exp_id, parent_id, tags)
-    output_dir = root / "runs" / (flow_run_id or parent_id)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
-    for name in models:
-        state = train_and_evaluate(
-            name, model_params.get(name, {}), prepared, top_k, tracking, output_dir, return_state=True
-        )
-        if state.is_completed():
-            rows.append(state.result())
-        else:
-            failures.append(f"{name}: {state.message}")
+    try:
+        remote = [m for m in models if model_spec(m).gpu]
+        if remote and not _send_to_gpu_pool(gpu):
+            remote = []
+        if remote:
+            logger.info("sending %s to the %r work pool as %s", remote, GPU_POOL, GPU_DEPLOYMENT)
+            child = run_deployment(
+                GPU_DEPLOYMENT,
+                parameters={
+                    "size": size,
+                    "models": remote,
+                    "min_interactions": min_interactions,
+                    "min_item_interactions": min_item_interactions,
+                    "implicit_threshold": implicit_threshold,
+                    "split": split.model_dump(),
+                    "transpose": transpose,
+                    "top_k": top_k,
+                    "model_params": {m: p for m, p in model_params.items() if m in remote},
+                    "home": home,
+                    "mirror": mirror,
+                    "experiment": experiment,
+                    "gpu": "local",
+                    "mlflow_parent_run_id": parent_id,
+                },
+                timeout=None,
+                as_subflow=True,
+            )
+            if child.state is not None and child.state.is_completed():
+                rows += _rows_from_mlflow(client, exp_id, parent_id, remote)
+            else:
+                failures.append(f"{remote}: GPU flow run {child.name} ended {child.state_name}")
+        tracking = Tracking(uri, exp_id, parent_id, tags)
+        output_dir = root / "runs" / (flow_run_id or parent_id)
+        for name in (m for m in models if m not in remote):
+            state = train_and_evaluate(
+                name, model_params.get(name, {}), prepared, top_k, tracking, output_dir, return_state=True
+            )
+            if state.is_completed():
+                rows.append(state.result())
+            else:
+                failures.append(f"{name}: {state.message}")
 
-    table = result_table(rows, top_k)
-    if table:
-        create_table_artifact(
-            table,
-            key="movielens-benchmark-results",
-            description=f"MovieLens {size}, {split.strategy} split, top-{top_k}; MLflow parent run {parent_id}",
-        )
-        client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
-    if failures:
-        client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FAILED))
-        raise BenchmarkError("model(s) failed: " + "; ".join(failures))
-    client.set_terminated(parent_id)
+        table = result_table(rows, top_k)
+        if table:
+            create_table_artifact(
+                table,
+                key="movielens-benchmark-results",
+                description=f"MovieLens {size}, {split.strategy} split, top-{top_k}; MLflow parent run {parent_id}",
+            )
+            if own_parent:
+                client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
+        if failures:
+            raise BenchmarkError("model(s) failed: " + "; ".join(failures))
+    except BaseException:
+        if own_parent:
+            client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    if own_parent:
+        client.set_terminated(parent_id)
     return rows
+
+
+def gpu_pool_online(pool: str = GPU_POOL) -> bool:
+    """Whether the Prefect API knows work pool ``pool`` with at least one online worker."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            return False
+        online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
+        return bool(client.read_workers_for_work_pool(pool, worker_filter=online))
+
+
+def _send_to_gpu_pool(gpu: str) -> bool:
+    """``local``: never; ``pool``: always; ``auto``: when a GPU worker is online (and we are not one)."""
+    if gpu == "local" or runtime.deployment.name == "gpu":
+        return False
+    return gpu == "pool" or gpu_pool_online()
+
+
+def _rows_from_mlflow(
+    client: MlflowClient, exp_id: str, parent_id: str, models: list[str]
+) -> list[dict[str, Any]]:
+    """Result rows of the newest child run of ``parent_id`` per model (runs logged by a GPU worker)."""
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    newest = {}
+    for run in runs:
+        newest.setdefault(run.data.tags.get("model"), run)
+    return [
+        {"model": m, "run_id": newest[m].info.run_id, "gpu_model": True, **newest[m].data.metrics}
+        for m in models
+        if m in newest
+    ]
