@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Tracking:
 
 def model_parameters(model: Any, given: dict[str, Any]) -> dict[str, Any]:
     """Every constructor parameter of ``model`` with its effective value (defaults included)."""
+    if callable(getattr(model, "params", None)):  # models with a config object report it themselves
+        return {**model.params(), **given}
     signature = inspect.signature(type(model).__init__)
     values = {
         name: p.default
@@ -51,16 +54,38 @@ def _fit_and_recommend(model: Any, prepared: PreparedData, k: int) -> tuple[pd.D
         history = prepared.read("test_fold_in")
         if hasattr(model, "recommend_fold_in"):
             with measure() as fit:
-                model.fit(train)
+                _fit(model, train, prepared)
             with measure() as predict:
                 recs = model.recommend_fold_in(history, k=k, exclude_seen=True)
             return recs, fit, predict
         train = pd.concat([train, history], ignore_index=True)
     with measure() as fit:
-        model.fit(train)
+        _fit(model, train, prepared)
     with measure() as predict:
         recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=True)
     return recs, fit, predict
+
+
+def _fit(model: Any, train: pd.DataFrame, prepared: PreparedData) -> None:
+    """``fit``, with the validation users too where the model selects its best epoch on them (VAE-CF)."""
+    accepts = inspect.signature(model.fit).parameters
+    if "validation_fold_in" in accepts and prepared.has("validation_fold_in") and prepared.has("validation"):
+        model.fit(train, prepared.read("validation_fold_in"), prepared.read("validation"))
+    else:
+        model.fit(train)
+
+
+def _log_model(model: Any) -> None:
+    """The trained model: ``mlflow.pytorch`` for torch modules, the model's own ``save`` otherwise."""
+    module = getattr(model, "module_", None)
+    if module is not None:
+        import mlflow.pytorch
+
+        mlflow.pytorch.log_model(module, name="model")
+    elif callable(getattr(model, "save", None)):
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp) / "model")
+            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
@@ -105,10 +130,19 @@ def train_and_evaluate(
                 train_frame, source=str(train_path), name=f"{tags.get('size', 'data')}-{prepared.key}"
             )
         mlflow.log_input(dataset, context="training")
-        recs, fit, predict = _fit_and_recommend(model, prepared, top_k)
+        strong_generalization = prepared.has("test_fold_in")
+        # VAE-CF's protocol (Liang et al. 2018) also reports Recall@20, Recall@50 and NDCG@100.
+        depth = max(top_k, 100) if strong_generalization else top_k
+        recs, fit, predict = _fit_and_recommend(model, prepared, depth)
         test = prepared.read("test")
         n_items = train_frame["item_id"].nunique()
         values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
+        if strong_generalization:
+            values |= {
+                "recall_at_20": metrics.recall_at_k_vaecf(recs, test, 20),
+                "recall_at_50": metrics.recall_at_k_vaecf(recs, test, 50),
+                "ndcg_at_100": metrics.ndcg_at_k(recs, test, 100),
+            }
         n_users = test["user_id"].nunique()
         values |= {
             "fit_seconds": fit.seconds,
@@ -124,6 +158,7 @@ def train_and_evaluate(
         recs_path = _write_parquet(recs, output_dir / name / "recommendations.parquet")
         mlflow.log_artifact(str(recs_path), artifact_path="recommendations")
         _log_learning_curve(getattr(model, "history_", []), name)
+        _log_model(model)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})
         return {"model": name, "run_id": run.info.run_id, "gpu_model": spec.gpu, **values}
 

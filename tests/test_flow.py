@@ -91,15 +91,21 @@ def test_flow_runs_data_tasks_then_rerun_hits_the_cache(first_run, home: Path, m
     assert len(list((home / "prepared").iterdir())) == 1
 
 
-def test_other_split_parameters_make_a_new_prepared_folder(home: Path, mirror: Path, first_run) -> None:
+def test_transpose_and_split_runs_gpu_models_in_process_without_a_gpu_pool(
+    home: Path, mirror: Path, first_run
+) -> None:
+    """The seed's "transpose & split" (random 80/20 on items ⇄ users) with implicit MF, no GPU pool."""
     rows = movielens_benchmark(
         home=str(home),
         mirror=str(mirror),
-        models=["popularity"],
+        models=["popularity", "implicit_mf"],
+        model_params={"implicit_mf": {"n_iter": 3, "seed": 0}},
         split=SplitConfig(strategy="random", ratios=[0.8, 0.2], seed=1),
         transpose=True,
     )
-    assert rows[0]["precision_at_10"] > 0
+    by_model = {row["model"]: row for row in rows}
+    assert by_model["implicit_mf"]["gpu_model"] and by_model["implicit_mf"]["map_at_10"] > 0
+    assert by_model["popularity"]["precision_at_10"] > 0
     assert len([p for p in (home / "prepared").iterdir() if not p.name.startswith(".")]) == 2
 
 
@@ -115,3 +121,22 @@ def test_bad_parameters_fail_the_flow_with_the_fix(
 ) -> None:
     with pytest.raises(error, match=match):
         movielens_benchmark(home=str(home), **kwargs)
+
+
+def test_strong_generalization_protocol_reports_vae_cf_metrics(home: Path, mirror: Path, first_run) -> None:
+    """VAE-CF's protocol: ratings ≥ 4 as implicit, users ≥ 5, held-out users folded in at 80 %."""
+    rows = movielens_benchmark(
+        home=str(home),
+        mirror=str(mirror),
+        models=["popularity", "sar", "vae_cf"],
+        implicit_threshold=4.0,
+        min_item_interactions=0,
+        split=SplitConfig(strategy="strong_generalization", n_heldout_users=100, seed=98765),
+        model_params={"vae_cf": {"backend": "torch", "epochs": 20, "seed": 0}},
+    )
+    by_model = {row["model"]: row for row in rows}
+    for row in rows:
+        assert {"recall_at_20", "recall_at_50", "ndcg_at_100"} <= set(row)
+        assert 0 < row["ndcg_at_100"] < 1
+    assert by_model["sar"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
+    assert by_model["vae_cf"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
