@@ -21,10 +21,15 @@ takes one dense Adam step (Kingma & Ba, ICLR 2015; L2 as ``weight_decay=l2``) on
 and the epoch loss is the mean of its minibatch losses. Spotlight's default loss is ``pointwise``; ours,
 as the issue asks, is ``bpr``.
 
+Adaptive hinge compares each positive with the user's own n negatives, as ``spotlight.losses`` defines
+it; Spotlight's ``_get_multiple_negative_predictions`` reshapes its (user, negative) scores so that a
+positive meets negatives scored for neighbouring users of the batch, a bug not reproduced here.
+
 Same algorithm, less work per step: the four tables are one tensor, rows [p_u | b_u] for users then
 [q_i | c_i] for items, so a minibatch is one gather, its gradient (written out in
-:func:`minibatch_gradient`) one ``index_add_``, and the Adam step one fused kernel; index tensors live on
-the device, negatives come from ``torch.randint`` and nothing per row runs in Python. With
+:func:`minibatch_gradient`) one ``index_add_``, and the Adam step one fused kernel. Each epoch builds one
+index tensor on the device, (2 + n) × rows int64 (the shuffled users and positives, and negatives from
+one ``torch.randint``), so nothing per row or per batch runs in Python beyond the step itself. With
 α = ∂loss/∂ŷ(u,i) and β = ∂loss/∂ŷ(u,j) for a triple (u, i, j):
 
     ∂/∂[p_u | b_u] = α [q_i | 1] + β [q_j | 1],   ∂/∂[q_i | c_i] = α [p_u | 1],   ∂/∂[q_j | c_j] = β [p_u | 1];
@@ -331,9 +336,9 @@ def resolve_device(device: str) -> torch.device:
         raise InvalidConfig(
             f"implicit_mf device={device!r} is not a device; use 'auto', 'cpu' or 'cuda'."
         ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise GPUUnavailable(
-            f"implicit_mf device={device!r} but no CUDA GPU is visible; use device='auto' or 'cpu', or run "
-            "on a GPU worker."
+            f"implicit_mf device={device!r} but {torch.cuda.device_count()} CUDA GPU(s) are visible; use "
+            "device='auto' or 'cpu', or run on a GPU worker."
         )
     return resolved
