@@ -107,7 +107,9 @@ class TFVAE:
         if config.device in ("cuda", "gpu") and not gpus:
             raise GPUUnavailable(f"device={config.device!r} was asked for but TensorFlow sees no GPU.")
         on_gpu = bool(gpus) and config.device != "cpu"
-        self.device = f"/GPU:{self.hvd.local_rank() if horovod else 0}" if on_gpu else "/CPU:0"
+        if on_gpu and horovod:  # one GPU per worker, before TensorFlow's runtime starts
+            tf.config.set_visible_devices(gpus[self.hvd.local_rank()], "GPU")
+        self.device = "/GPU:0" if on_gpu else "/CPU:0"
         policy = ("mixed_float16" if on_gpu else "mixed_bfloat16") if config.use_amp else "float32"
         with tf.device(self.device):
             self.model = MultVAE(train.shape[1], config.hidden_dims, policy, config.seed)

@@ -22,8 +22,9 @@ import scipy.sparse as sp
 import torch
 
 from recmodels import metrics, preprocessing
-from recmodels._columns import INTERACTION_COLUMNS, ITEM, USER
+from recmodels._columns import ITEM, USER
 from recmodels.base import IdIndex, mask_seen, recommendations_frame, top_k_dense
+from recmodels.datasets import load_dataset
 from recmodels.errors import EmptySplit, InvalidConfig, NotFitted
 from recmodels.popularity import Popularity
 from recmodels.vae_cf import (
@@ -58,8 +59,8 @@ def _tf():
 
 
 @pytest.fixture(scope="module")
-def split(mirror: Path) -> dict[str, pd.DataFrame]:
-    raw = pd.read_csv(mirror / "ml-100k" / "u.data", sep="\t", names=list(INTERACTION_COLUMNS))
+def split(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
+    raw = load_dataset("100k", home=tmp_path_factory.mktemp("home"), mirror=mirror)
     df = preprocessing.filter_min_interactions(preprocessing.to_implicit(raw), 5, 0)
     return preprocessing.split_strong_generalization(df).frames()
 
