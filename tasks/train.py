@@ -79,13 +79,25 @@ def _log_model(model: Any) -> None:
     """The trained model: ``mlflow.pytorch`` for torch modules, the model's own ``save`` otherwise."""
     module = getattr(model, "module_", None)
     if module is not None:
-        import mlflow.pytorch
+        from mlflow import pytorch as mlflow_pytorch
 
-        mlflow.pytorch.log_model(module, name="model")
+        # pickle: MLflow 3's default "pt2" traces forward() and needs an input example.
+        mlflow_pytorch.log_model(
+            module,
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={_torch_version()}"],
+        )
     elif callable(getattr(model, "save", None)):
         with tempfile.TemporaryDirectory() as tmp:
             model.save(Path(tmp) / "model")
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
