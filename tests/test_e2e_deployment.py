@@ -4,7 +4,9 @@
 pool on free loopback ports in a temporary home and registers ``deployments/prefect.yaml``; then
 ``prefect deployment run movielens-benchmark/cpu -p size=100k --watch`` must reach Completed with its
 runs in MLflow, SAR beating popularity at the published ML-100K figures; a rerun with other models must
-reuse the prepared data; the Prefect UI must serve the flow run's page, and headless Chromium (where
+reuse the prepared data; with ``gpu=pool`` a GPU model must run as a ``movielens-benchmark/gpu`` child
+flow run on the ``gpu`` worker, logging under the same MLflow parent run; the sweep deployment must run
+each size as a ``movielens-benchmark/cpu`` child and link their MLflow runs; the Prefect UI must serve the flow run's page, and headless Chromium (where
 installed) must render the run there. The GPU pool templates must be accepted by the server and render
 to the GPU requests Docker and Kubernetes expect.
 """
@@ -60,10 +62,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Iterator[St
             stack_down(config)
 
 
-def deployment_run(config: StackConfig, *params: str) -> tuple[str, str]:
-    """``prefect deployment run movielens-benchmark/cpu -p ... --watch``: (flow run id, output)."""
+def deployment_run(
+    config: StackConfig, *params: str, deployment: str = "movielens-benchmark/cpu"
+) -> tuple[str, str]:
+    """``prefect deployment run <deployment> -p ... --watch``: (flow run id, output)."""
     args = [arg for param in params for arg in ("-p", param)]
-    command = [sys.executable, "-m", "prefect", "deployment", "run", "movielens-benchmark/cpu", *args]
+    command = [sys.executable, "-m", "prefect", "deployment", "run", deployment, *args]
     result = subprocess.run(
         [*command, "--watch"],
         env=stack_env(config),
@@ -95,6 +99,21 @@ def task_names(config: StackConfig, flow_run_id: str) -> set[str]:
     return {run["name"].rsplit("-", 1)[0] for run in runs}
 
 
+def child_flow_runs(config: StackConfig, flow_run_id: str) -> list[dict[str, Any]]:
+    return api(config, "flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+
+
+def artifact_data(config: StackConfig, flow_run_id: str, key: str) -> str:
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": [key]}}}
+    (artifact,) = api(config, "artifacts/filter", body)
+    return artifact["data"]
+
+
+def mlflow_runs(client: MlflowClient, filter_string: str) -> list[Any]:
+    experiment = client.get_experiment_by_name("movielens-benchmark")
+    return client.search_runs([experiment.experiment_id], filter_string=filter_string)
+
+
 def log_text(config: StackConfig, flow_run_id: str) -> str:
     logs = api(config, "logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
     return "\n".join(entry["message"] for entry in logs)
@@ -112,8 +131,10 @@ def test_stack_is_up_and_deployed(stack: StackConfig) -> None:
     assert all(s.healthy and s.pid for s in statuses.values()), statuses
     deployments = api(stack, "deployments/filter", {})
     by_name = {d["name"]: d for d in deployments}
-    assert set(by_name) == {"cpu", "gpu"}
+    assert set(by_name) == {"cpu", "gpu", "sweep"}
     assert by_name["cpu"]["work_pool_name"] == "cpu" and by_name["gpu"]["work_pool_name"] == "gpu"
+    assert by_name["sweep"]["work_pool_name"] == "cpu"
+    assert by_name["sweep"]["parameters"]["deployment"] == "movielens-benchmark/cpu"
     assert by_name["cpu"]["parameters"] == {"size": "100k", "models": ["popularity", "sar"]}
     assert by_name["cpu"]["entrypoint"] == "flows/benchmark.py:movielens_benchmark"
     assert not by_name["cpu"]["schedules"] and not by_name["gpu"]["schedules"]
@@ -149,6 +170,60 @@ def test_rerun_with_other_models_reuses_prepared_data(stack: StackConfig, first_
         [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{rerun}'"
     )
     assert sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags) == ["popularity"]
+
+
+def test_gpu_models_run_as_a_gpu_deployment_child(stack: StackConfig, first_run: str) -> None:
+    flow_run_id, _ = deployment_run(
+        stack,
+        "size=100k",
+        'models=["popularity", "implicit_mf"]',
+        "gpu=pool",
+        'model_params={"implicit_mf": {"n_iter": 2, "batch_size": 4096}}',  # seconds on a CPU
+    )
+    (child,) = child_flow_runs(stack, flow_run_id)
+    assert child["deployment_id"] == api(stack, "deployments/name/movielens-benchmark/gpu")["id"]
+    assert child["state"]["type"] == "COMPLETED"
+    assert child["parameters"]["models"] == ["implicit_mf"]
+
+    client = MlflowClient(stack.mlflow_url)
+    (parent,) = mlflow_runs(
+        client, f"tags.`prefect.flow_run_id` = '{flow_run_id}' AND tags.mlflow.parentRunId IS NULL"
+    )
+    assert parent.info.status == "FINISHED"
+    runs = mlflow_runs(client, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_model = {run.data.tags["model"]: run for run in runs}
+    assert sorted(by_model) == ["implicit_mf", "popularity"]
+    assert by_model["implicit_mf"].data.tags["prefect.flow_run_id"] == child["id"]
+    assert by_model["popularity"].data.tags["prefect.flow_run_id"] == flow_run_id
+    assert len(client.get_metric_history(by_model["implicit_mf"].info.run_id, "loss")) == 2  # n_iter
+
+    rows = json.loads(artifact_data(stack, flow_run_id, "movielens-benchmark-results"))
+    assert sorted(row["model"] for row in rows) == ["implicit_mf", "popularity"]
+    for row in rows:
+        assert row["ndcg_at_10"] == round(by_model[row["model"]].data.metrics["ndcg_at_10"], 4)
+
+
+def test_sweep_deployment_runs_each_size_as_a_cpu_child(stack: StackConfig, first_run: str) -> None:
+    sweep_id, _ = deployment_run(
+        stack, 'sizes=["100k"]', 'models=["popularity"]', deployment="movielens-benchmark-sweep/sweep"
+    )
+    (child,) = child_flow_runs(stack, sweep_id)
+    assert child["deployment_id"] == api(stack, "deployments/name/movielens-benchmark/cpu")["id"]
+    assert child["state"]["type"] == "COMPLETED"
+    assert "cache hit: prepared data" in log_text(stack, child["id"])
+
+    client = MlflowClient(stack.mlflow_url)
+    (parent,) = mlflow_runs(
+        client, f"tags.`prefect.flow_run_id` = '{child['id']}' AND tags.mlflow.parentRunId IS NULL"
+    )
+    (popularity,) = mlflow_runs(client, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    url = f"{stack.mlflow_url}/#/experiments/{popularity.info.experiment_id}/runs/{popularity.info.run_id}"
+    markdown = artifact_data(stack, sweep_id, "movielens-benchmark-sweep")
+    ndcg, fit = popularity.data.metrics["ndcg_at_10"], popularity.data.metrics["fit_seconds"]
+    (row,) = [line for line in markdown.splitlines() if line.startswith("| 100k | popularity | ")]
+    assert row.endswith(f" | {ndcg:.4f} | {fit:.4f} | [{popularity.info.run_id}]({url}) |")
+    (sweep_run,) = mlflow_runs(client, f"tags.`prefect.flow_run_id` = '{sweep_id}'")
+    assert "sweep.png" in {a.path for a in client.list_artifacts(sweep_run.info.run_id)}
 
 
 def test_prefect_ui_serves_the_flow_run_page(stack: StackConfig, first_run: str) -> None:
