@@ -6,8 +6,8 @@ pool on free loopback ports in a temporary home and registers ``deployments/pref
 runs in MLflow, SAR beating popularity at the published ML-100K figures; a rerun with other models must
 reuse the prepared data; with ``gpu=pool`` a GPU model must run as a ``movielens-benchmark/gpu`` child
 flow run on the ``gpu`` worker, logging under the same MLflow parent run; the sweep deployment must run
-each size as a ``movielens-benchmark/cpu`` child and link their MLflow runs; the Prefect UI must serve the flow run's page, and headless Chromium (where
-installed) must render the run there. The GPU pool templates must be accepted by the server and render
+each size as a ``movielens-benchmark/cpu`` child and link their MLflow runs; the Prefect UI must serve
+the flow run's page, and headless Chromium (where installed) must render the run there. The GPU pool templates must be accepted by the server and render
 to the GPU requests Docker and Kubernetes expect.
 """
 
