@@ -129,14 +129,13 @@ def minibatch_gradient(
     scores = (rows[1:] * ones[0]).sum(-1)  # ŷ − b_u, (1 + n) × B: b_u cancels in the pairwise losses
     if loss == "pointwise":
         scores += rows[0, :, -1]
-    if len(scores) > 2:  # the gradient reaches only the highest-scored negative, as torch.max routes it
-        negative, hardest = scores[1:].max(0)
-        value, alpha, beta = loss_and_gradients(loss, scores[0], negative)
-        coef = torch.cat([alpha[None], torch.zeros_like(scores[1:]).scatter_(0, hardest[None], beta[None])])
-    else:
-        value, alpha, beta = loss_and_gradients(loss, scores[0], scores[1])
-        coef = torch.stack([alpha, beta])
-    coef = coef[..., None]  # ∂loss/∂ŷ of every (user, item) pair of the batch
+    if len(scores) > 2:  # adaptive hinge: only the highest-scored negative counts, as torch.max routes it
+        hardest = scores[1:].argmax(0, keepdim=True)
+        scores = torch.cat([scores[:1], scores[1:].gather(0, hardest)])
+        ones = torch.cat([ones[:2], ones[2:].gather(0, hardest[..., None].expand(-1, -1, ones.shape[-1]))])
+        flat = torch.cat([index[:2], index[2:].gather(0, hardest)]).view(-1)
+    value, alpha, beta = loss_and_gradients(loss, scores[0], scores[1])
+    coef = torch.stack([alpha, beta])[..., None]  # ∂loss/∂ŷ of the (user, positive), (user, negative) pairs
     grad_rows = torch.cat([(coef * ones[1:]).sum(0, keepdim=True), coef * ones[0]])
     grad.zero_().index_add_(0, flat, grad_rows.view(len(flat), -1).to(grad.dtype))
     return value.to(grad.dtype)
