@@ -43,9 +43,11 @@ def mlflow_client(home: Path) -> MlflowClient:
 
 @pytest.fixture(scope="module")
 def sweep(home: Path, mirror: Path, prefect_api: None):
-    return movielens_benchmark_sweep(
-        sizes=SIZES, models=["popularity"], home=str(home), mirror=str(mirror), return_state=True
-    )
+    with pytest.MonkeyPatch.context() as patch:  # mlflow.set_tracking_uri exports it: restore after
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        return movielens_benchmark_sweep(
+            sizes=SIZES, models=["popularity"], home=str(home), mirror=str(mirror), return_state=True
+        )
 
 
 @pytest.fixture(scope="module")
