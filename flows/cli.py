@@ -118,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     columns = ["size", "model", "train_interactions", args.metric, "fit_seconds"]
     table = Table(title=f"MovieLens sweep — {args.metric} and fit time")
     for column in [*columns, "MLflow run"]:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         cells = (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
         table.add_row(*cells, row["run_url"] or row["run_id"])
