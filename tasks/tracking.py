@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -16,6 +18,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def tracking_uri(home: Path) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else SQLite under the benchmark home."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+@contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for the block, then restore the previous setting.
+
+    ``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which :func:`tracking_uri` reads:
+    without the restore, a later run in the same process would log to this run's store.
+    """
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets the variable and MLflow's default applies again
 
 
 def experiment_id(uri: str, home: Path, name: str = EXPERIMENT) -> str:

@@ -21,6 +21,7 @@ from recmodels import metrics
 from recmodels.registry import create_model, model_spec
 from tasks.prepared import PreparedData
 from tasks.profiling import measure
+from tasks.tracking import use_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -123,15 +124,17 @@ def train_and_evaluate(
     """
     logger = get_run_logger()
     spec = model_spec(name)
-    mlflow.set_tracking_uri(tracking.uri)
     tags = {**tracking.tags, "model": name}
-    with mlflow.start_run(
-        experiment_id=tracking.experiment_id,
-        run_name=name,
-        parent_run_id=tracking.parent_run_id,
-        nested=True,
-        tags=tags,
-    ) as run:
+    with (
+        use_tracking_uri(tracking.uri),
+        mlflow.start_run(
+            experiment_id=tracking.experiment_id,
+            run_name=name,
+            parent_run_id=tracking.parent_run_id,
+            nested=True,
+            tags=tags,
+        ) as run,
+    ):
         model = create_model(name, **params)
         mlflow.log_params(model_parameters(model, params))
         train_path = prepared.path / "train.parquet"
