@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="Prefect server, MLflow server, work pools, workers, deployments")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--home", default=None)
-    stack.add_argument("--storage", default=None, help="workers' data home (any fsspec URL); default: home")
+    stack.add_argument("--storage", default=None, help="workers' data home (a folder the workers share); default: home")
     stack.add_argument("--host", default="127.0.0.1")
     stack.add_argument("--prefect-port", type=int, default=4200)
     stack.add_argument("--mlflow-port", type=int, default=5000)
