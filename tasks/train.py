@@ -144,7 +144,7 @@ def train_and_evaluate(
             dataset = mlflow.data.from_pandas(
                 train_frame, source=str(train_path), name=f"{tags.get('size', 'data')}-{prepared.key}"
             )
-        mlflow.log_input(dataset, context="training")
+            mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) also reports Recall@20, Recall@50 and NDCG@100.
         depth = max(top_k, 100) if strong_generalization else top_k
