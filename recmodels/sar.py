@@ -69,6 +69,7 @@ SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 SECONDS_PER_DAY = 86_400
 DENSE_SIMILARITY_BYTES = 2**28
 SHARD_CHUNK_ELEMENTS = 2**22  # item rows × shard columns counted at once by ``similarity_columns``
+DENSE_USER_SHARE = 0.05  # users of more items are counted with BLAS (measured: cheaper above ≈ 6%)
 
 
 def cooccurrence(seen: sp.csr_matrix) -> sp.csr_matrix:
@@ -101,24 +102,32 @@ def similarity_columns(
 
     Equal, entry for entry, to ``similarity_from_cooccurrence(cooccurrence(seen), ...)[:, columns]``
     without forming C: C[r, columns] = B[:, r]ᵀ B[:, columns] is counted for chunks r of item rows
-    holding at most ``chunk_elements`` entries, so the sparse products stay small.
+    holding at most ``chunk_elements`` entries. Users with more than ``DENSE_USER_SHARE`` of the items
+    (21% of the users of synthetic-1m, 95% of its co-occurring pairs) are counted by a float32 matrix
+    product of their dense rows, exact below 2²⁴ such users; the others by a sparse product.
     """
     n_items = seen.shape[1]
-    binary = seen.astype(bool).astype(np.int32)
-    item_users = binary.T.tocsr()
-    shard = binary[:, columns].tocsr()
+    binary = seen.astype(bool)
+    heavy = np.diff(binary.indptr) > DENSE_USER_SHARE * n_items
+    light = binary[~heavy].astype(np.int32)
+    light_by_item, light_shard = light.T.tocsr(), light[:, columns].tocsr()
+    dense = binary[heavy].astype(np.float32).toarray()  # ≤ 40 bytes per interaction
+    dense_shard = dense[:, columns]
     # d = diag C before the threshold: > 0 for every item, so below-threshold zeros divide to 0.
     users_per_item = np.bincount(binary.indices, minlength=n_items).astype(np.float64)
     d_columns = users_per_item[None, columns]
-    out = np.empty((n_items, shard.shape[1]))
-    for rows in user_blocks(n_items, max(1, chunk_elements // max(1, shard.shape[1]))):
-        counts = (item_users[rows] @ shard).toarray().astype(np.float64)
+    out = np.empty((n_items, light_shard.shape[1]))
+    for rows in user_blocks(n_items, max(1, chunk_elements // max(1, light_shard.shape[1]))):
+        counts = (light_by_item[rows] @ light_shard).toarray().astype(np.float64)
+        counts += dense[:, rows].T @ dense_shard
         counts[counts < support_threshold] = 0
-        out[rows] = _similarity(counts, users_per_item[rows, None], d_columns, kind)
+        _similarity(counts, users_per_item[rows, None], d_columns, kind, out=out[rows])
     return out
 
 
-def _similarity(c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str) -> np.ndarray:
+def _similarity(
+    c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str, out: np.ndarray | None = None
+) -> np.ndarray:
     """S_ij from C_ij and the item counts d_i, d_j (module docstring, step 2); d > 0 wherever C > 0."""
     match kind:
         case "counts":
@@ -133,7 +142,7 @@ def _similarity(c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str) -> np.
             denominator = np.minimum(di, dj)
         case _:
             raise InvalidConfig(f"similarity {kind!r} is unknown; use one of {SIMILARITIES}.")
-    return c / denominator
+    return np.divide(c, denominator, out=out)
 
 
 def decay_weights(timestamps: np.ndarray, time_now: float, half_life_days: float | None) -> np.ndarray:

@@ -244,7 +244,7 @@ def recommend_shards(
     return recommendations_frame(inputs.user_ids, positions, scores, items)
 
 
-@flow(name="sar-dask", task_runner=DaskTaskRunner())
+@flow(name="sar-dask", task_runner=dask_task_runner())
 def sar_dask(
     train_path: str,
     users: list[int] | None = None,
@@ -266,19 +266,22 @@ def sar_dask(
         raise InvalidConfig(f"bad SAR parameters {params}: {exc}; see help(recmodels.sar.SAR).") from None
     client = FlowRunContext.get().task_runner.client
     client.register_plugin(peak_rss_plugin())
-    start = time.perf_counter()
-    model, shards = fit_shards(client, params, train_path)
-    fit_seconds = time.perf_counter() - start
-    inputs = (
-        model.scoring_inputs(users)
-        if fold_in_path is None
-        else model.fold_in_inputs(pd.read_parquet(fold_in_path))
-    )
-    recommendations = recommend_shards(
-        client, inputs, shards, model.items_, k, exclude_seen, model.block_size, model.rating_range_
-    )
-    predict_seconds = time.perf_counter() - start - fit_seconds
-    peaks = worker_peak_rss_mb(client)
+    try:
+        start = time.perf_counter()
+        model, shards = fit_shards(client, params, train_path)
+        fit_seconds = time.perf_counter() - start
+        inputs = (
+            model.scoring_inputs(users)
+            if fold_in_path is None
+            else model.fold_in_inputs(pd.read_parquet(fold_in_path))
+        )
+        recommendations = recommend_shards(
+            client, inputs, shards, model.items_, k, exclude_seen, model.block_size, model.rating_range_
+        )
+        predict_seconds = time.perf_counter() - start - fit_seconds
+        peaks = worker_peak_rss_mb(client)
+    finally:
+        client.unregister_worker_plugin(PEAK_RSS)  # an attached cluster outlives the flow
     get_run_logger().info(
         "SAR on %d Dask workers: %d users × %d items, fit %.1f s, predict %.1f s, peak RSS per worker %s MB",
         len(peaks),
