@@ -84,6 +84,8 @@ def movielens_benchmark(
     experiment: str = "movielens-benchmark",
     gpu: Literal["auto", "local", "pool"] = "auto",
     mlflow_parent_run_id: str | None = None,
+    sar_backend: Literal["single", "dask"] = "single",
+    dask_address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
     synthetic-<shape>); returns one row of metrics, times and memory per model.
@@ -95,7 +97,10 @@ def movielens_benchmark(
     GPU models (implicit_mf, vae_cf) go to the ``gpu`` work pool as a run of the deployment
     ``movielens-benchmark/gpu`` when ``gpu="pool"``, or with ``gpu="auto"`` when a worker of that pool
     is online; otherwise (and with ``gpu="local"``) they run in-process (on CUDA when present). The GPU
-    run reuses the prepared data through the shared home and logs under ``mlflow_parent_run_id``."""
+    run reuses the prepared data through the shared home and logs under ``mlflow_parent_run_id``.
+
+    ``sar_backend="dask"`` runs SAR on Dask (the ``sar-dask`` subflow): a LocalCluster sized to the
+    machine, or the existing scheduler at ``dask_address`` (``tcp://host:8786``)."""
     logger = get_run_logger()
     data.check_size(size)
     for name in models:
@@ -196,7 +201,15 @@ def movielens_benchmark(
         output_dir = root / "runs" / (flow_run_id or parent_id)
         for name in (m for m in models if m not in remote):
             state = train_and_evaluate(
-                name, model_params.get(name, {}), prepared, top_k, tracking, output_dir, return_state=True
+                name,
+                model_params.get(name, {}),
+                prepared,
+                top_k,
+                tracking,
+                output_dir,
+                sar_backend,
+                dask_address,
+                return_state=True,
             )
             if state.is_completed():
                 rows.append(state.result())

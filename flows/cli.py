@@ -82,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         home=args.home,
         mirror=args.mirror,
         experiment=args.experiment,
+        gpu=args.gpu,
+        sar_backend=args.sar_backend,
+        dask_address=args.dask_address,
     )
     _print_rows(
         result_table(rows, args.top_k), f"MovieLens {args.size} — {args.split} split, top-{args.top_k}"
@@ -222,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--transpose", action="store_true")
     run.add_argument("--top-k", type=int, default=10)
     run.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
+    run.add_argument("--sar-backend", default="single", choices=["single", "dask"])
+    run.add_argument("--dask-address", default=None, help="attach SAR on Dask to this scheduler")
+    run.add_argument("--gpu", default="auto", choices=["auto", "local", "pool"], help="where GPU models run")
     run.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
     run.add_argument("--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)")
     run.add_argument("--experiment", default="movielens-benchmark")
@@ -263,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="Prefect server, MLflow server, work pools, workers, deployments")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--home", default=None)
-    stack.add_argument("--storage", default=None, help="workers' data home (a folder the workers share); default: home")
+    stack.add_argument(
+        "--storage", default=None, help="workers' data home (a folder the workers share); default: home"
+    )
     stack.add_argument("--host", default="127.0.0.1")
     stack.add_argument("--prefect-port", type=int, default=4200)
     stack.add_argument("--mlflow-port", type=int, default=5000)

@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 from recmodels import metrics
 from recmodels.registry import create_model, model_spec
 from tasks.prepared import PreparedData
-from tasks.profiling import measure
+from tasks.profiling import Measurement, measure
 from tasks.tracking import use_tracking_uri
 
 
@@ -65,6 +65,24 @@ def _fit_and_recommend(model: Any, prepared: PreparedData, k: int) -> tuple[pd.D
     with measure() as predict:
         recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=True)
     return recs, fit, predict
+
+
+def _sar_on_dask(
+    params: dict[str, Any], prepared: PreparedData, k: int, dask_address: str | None
+) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float]]:
+    """SAR fitted and scored by the ``sar-dask`` subflow (LocalCluster, or the scheduler at ``dask_address``)."""
+    from tasks.sar_dask import run_sar_dask
+
+    fold_in = str(prepared.path / "test_fold_in.parquet") if prepared.has("test_fold_in") else None
+    users = None if fold_in else [int(u) for u in prepared.read("test")["user_id"].unique()]
+    with measure() as driver:
+        result = run_sar_dask(
+            str(prepared.path / "train.parquet"), users, k, True, params, fold_in, dask_address=dask_address
+        )
+    workers = {f"worker_{i}_peak_rss_mb": mb for i, mb in enumerate(result.worker_peak_rss_mb.values())}
+    fit = Measurement(result.fit_seconds, driver.peak_rss_mb)
+    predict = Measurement(result.predict_seconds, driver.peak_rss_mb)
+    return result.recommendations, fit, predict, workers
 
 
 def _fit(model: Any, train: pd.DataFrame, prepared: PreparedData) -> None:
@@ -117,8 +135,13 @@ def train_and_evaluate(
     top_k: int,
     tracking: Tracking,
     output_dir: Path,
+    sar_backend: str = "single",
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Fit ``name`` on the prepared train set, recommend top-``k`` for the test users, log everything.
+
+    With ``sar_backend="dask"``, SAR runs as the ``sar-dask`` subflow on a Dask cluster (a new
+    LocalCluster, or the scheduler at ``dask_address``); its results equal the single-node SAR's.
 
     Returns one results row: model, MLflow run id, metrics, times and memory.
     """
@@ -148,7 +171,12 @@ def train_and_evaluate(
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) also reports Recall@20, Recall@50 and NDCG@100.
         depth = max(top_k, 100) if strong_generalization else top_k
-        recs, fit, predict = _fit_and_recommend(model, prepared, depth)
+        worker_memory: dict[str, float] = {}
+        if name == "sar" and sar_backend == "dask":
+            mlflow.set_tag("sar_backend", "dask")
+            recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, depth, dask_address)
+        else:
+            recs, fit, predict = _fit_and_recommend(model, prepared, depth)
         test = prepared.read("test")
         n_items = train_frame["item_id"].nunique()
         values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
@@ -165,6 +193,7 @@ def train_and_evaluate(
             "peak_rss_mb": max(fit.peak_rss_mb, predict.peak_rss_mb),
             "users_per_second": n_users / max(predict.seconds, 1e-9),
             "interactions_per_second": len(train_frame) / max(fit.seconds, 1e-9),
+            **worker_memory,
         }
         mlflow.log_metrics(values)
         for epoch in getattr(model, "history_", []):

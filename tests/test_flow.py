@@ -140,3 +140,13 @@ def test_strong_generalization_protocol_reports_vae_cf_metrics(home: Path, mirro
         assert 0 < row["ndcg_at_100"] < 1
     assert by_model["sar"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
     assert by_model["vae_cf"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
+
+
+def test_sar_on_a_dask_local_cluster_equals_single_node(home: Path, mirror: Path, first_run) -> None:
+    """The flow's SAR on Dask (a real LocalCluster) gives the single-node SAR's metrics."""
+    single = {row["model"]: row for row in first_run.result()}["sar"]
+    rows = movielens_benchmark(home=str(home), mirror=str(mirror), models=["sar"], sar_backend="dask")
+    dask = rows[0]
+    for metric in ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10"):
+        assert dask[metric] == pytest.approx(single[metric], abs=1e-9), metric
+    assert any(key.startswith("worker_") and key.endswith("_peak_rss_mb") for key in dask)
