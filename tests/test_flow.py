@@ -150,3 +150,26 @@ def test_sar_on_a_dask_local_cluster_equals_single_node(home: Path, mirror: Path
     for metric in ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10"):
         assert dask[metric] == pytest.approx(single[metric], abs=1e-9), metric
     assert any(key.startswith("worker_") and key.endswith("_peak_rss_mb") for key in dask)
+
+
+def test_vae_cf_with_two_horovod_workers_through_the_flow(home: Path, mirror: Path, first_run) -> None:
+    """``num_workers=2`` makes the train task launch ``horovodrun -np 2 --gloo`` (TensorFlow backend)."""
+    pytest.importorskip("horovod.tensorflow", reason="the [tf] extra: bash deployments/install_tf_extra.sh")
+    rows = movielens_benchmark(
+        home=str(home),
+        mirror=str(mirror),
+        models=["popularity", "vae_cf"],
+        implicit_threshold=4.0,
+        min_item_interactions=0,
+        split=SplitConfig(strategy="strong_generalization", n_heldout_users=100, seed=98765),
+        model_params={"vae_cf": {"num_workers": 2, "backend": "tf", "epochs": 3, "seed": 0}},
+    )
+    by_model = {row["model"]: row for row in rows}
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(by_model["vae_cf"]["run_id"])
+    assert run.data.params["world_size"] == "2"  # logged by Horovod rank 0 into the task's run
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3
+    # rank 0's dense-score NDCG@100 and the task's NDCG@100 of the recommendation lists agree
+    worker_value, task_value = (m.value for m in client.get_metric_history(run.info.run_id, "ndcg_at_100"))
+    assert worker_value == pytest.approx(task_value, abs=0.01)
+    assert 0 < by_model["vae_cf"]["ndcg_at_100"] < 1
