@@ -54,8 +54,19 @@ def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
     console.print(table)
 
 
+def _split_config(args: argparse.Namespace) -> Any:
+    from flows.benchmark import SplitConfig
+
+    return SplitConfig(
+        strategy=args.split,
+        ratios=[float(r) for r in args.ratios.split(",")],
+        seed=args.seed,
+        n_heldout_users=args.heldout_users,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    from flows.benchmark import SplitConfig, movielens_benchmark, result_table
+    from flows.benchmark import movielens_benchmark, result_table
     from recmodels.registry import model_spec
     from tasks.data import check_size
 
@@ -63,12 +74,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     check_size(args.size)  # fail fast, before the local Prefect API starts
     for name in models:
         model_spec(name)
-    split = SplitConfig(
-        strategy=args.split,
-        ratios=[float(r) for r in args.ratios.split(",")],
-        seed=args.seed,
-        n_heldout_users=args.heldout_users,
-    )
+    split = _split_config(args)
     rows = movielens_benchmark(
         size=args.size,
         models=models,
@@ -92,7 +98,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from flows.benchmark import SplitConfig
     from flows.sweep import check_metric, movielens_benchmark_sweep
     from recmodels.registry import model_spec
     from tasks.data import check_size
@@ -109,9 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         models=models,
         deployment=args.deployment,
         metric=args.metric,
-        split=SplitConfig(
-            strategy=args.split, ratios=[float(r) for r in args.ratios.split(",")], seed=args.seed
-        ),
+        split=_split_config(args),
         top_k=args.top_k,
         model_params=_model_params(args.param),
         home=args.home,
@@ -203,6 +206,26 @@ def cmd_stack(args: argparse.Namespace) -> None:
         console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 
+def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    """Models, split, top-k, model parameters and where data and results live (run and sweep)."""
+    parser.add_argument("--models", default="popularity,sar", help="comma-separated model names")
+    parser.add_argument(
+        "--split",
+        default="stratified",
+        choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
+    )
+    parser.add_argument("--ratios", default="0.75,0.25")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--heldout-users", type=int, default=None)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
+    parser.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
+    parser.add_argument(
+        "--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)"
+    )
+    parser.add_argument("--experiment", default="movielens-benchmark")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="movielens-benchmark", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -210,50 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the benchmark flow locally")
     run.add_argument("--size", default="100k", help="100k, 1m, 10m, 20m, 25m, 32m, latest-small, synthetic-…")
-    run.add_argument("--models", default="popularity,sar", help="comma-separated model names")
     run.add_argument("--min-interactions", type=int, default=5, help="k-core threshold (users and items)")
     run.add_argument("--min-item-interactions", type=int, default=None, help="item threshold if different")
     run.add_argument("--implicit-threshold", type=float, default=None)
-    run.add_argument(
-        "--split",
-        default="stratified",
-        choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
-    )
-    run.add_argument("--ratios", default="0.75,0.25")
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--heldout-users", type=int, default=None)
     run.add_argument("--transpose", action="store_true")
-    run.add_argument("--top-k", type=int, default=10)
-    run.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
     run.add_argument("--sar-backend", default="single", choices=["single", "dask"])
     run.add_argument("--dask-address", default=None, help="attach SAR on Dask to this scheduler")
     run.add_argument("--gpu", default="auto", choices=["auto", "local", "pool"], help="where GPU models run")
-    run.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
-    run.add_argument("--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)")
-    run.add_argument("--experiment", default="movielens-benchmark")
+    _add_benchmark_arguments(run)
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run the benchmark across sizes and compare them in MLflow")
     sweep.add_argument("--sizes", default="100k,latest-small", help="comma-separated dataset sizes")
-    sweep.add_argument("--models", default="popularity,sar", help="comma-separated model names")
     sweep.add_argument(
         "--deployment", default=None, help="run each size on this deployment, e.g. movielens-benchmark/cpu"
     )
     sweep.add_argument("--metric", default="ndcg_at_10", help="metric to plot against size")
-    sweep.add_argument(
-        "--split",
-        default="stratified",
-        choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
-    )
-    sweep.add_argument("--ratios", default="0.75,0.25")
-    sweep.add_argument("--seed", type=int, default=42)
-    sweep.add_argument("--top-k", type=int, default=10)
-    sweep.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
-    sweep.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
-    sweep.add_argument(
-        "--mirror", default=None, help="folder or URL with GroupLens files ($MOVIELENS_MIRROR)"
-    )
-    sweep.add_argument("--experiment", default="movielens-benchmark")
+    _add_benchmark_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     datasets = sub.add_parser("datasets", help="list releases and synthetic shapes")
