@@ -108,12 +108,13 @@ def test_seed_defaults_and_small_data_rule():
     # last one when 0.2 · T = 2,000, T = 10,000 (the seed's 200,000 would stop at β = 0.01).
     small = adapt_to_data(config, 750)
     assert (small.batch_size, small.total_anneal_steps) == (75, 10_000)
+    assert small.lam == pytest.approx(0.01 * 750 / 116_677)
     # Two workers: 75 users each a step, 5 global steps of 150 an epoch, 1,000 in all: T = 5,000.
     two = adapt_to_data(config, 750, world_size=2)
     assert (two.batch_size, two.total_anneal_steps) == (75, 5_000)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
-    assert (large.batch_size, large.total_anneal_steps) == (10_000, 12_000)
+    assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
     # A run long enough to reach the cap keeps the configured annealing.
     assert adapt_to_data(replace(config, total_anneal_steps=1_000), 750).total_anneal_steps == 1_000
 
