@@ -314,11 +314,12 @@ class VAECF:
         self._users = IdIndex.from_values(train[USER])
         self._items = IdIndex.from_values(train[ITEM])
         self._train = binary_matrix(train, self._users, self._items)
-        backend = make_backend(self.config, l2_normalize_rows(self._train), horovod=horovod)
+        adapt = adapt_to_data if self.config.adapt_to_data else lambda config, *_: config
+        # λ and the batch do not depend on the number of workers, which the backend learns from Horovod;
+        # the annealing length does, so it is set once the backend is up.
+        backend = make_backend(adapt(self.config, len(self._users)), l2_normalize_rows(self._train), horovod)
         self._backend = backend
-        config = self.config
-        if config.adapt_to_data:
-            config = adapt_to_data(config, len(self._users), backend.world_size)
+        config = adapt(self.config, len(self._users), backend.world_size)
         self.fitted_config_ = config
         self.history_, self.best_epoch_ = [], None
         best_ndcg, best_weights, step = -np.inf, None, 0

@@ -199,6 +199,8 @@ def test_torch_beats_popularity_and_keeps_the_best_epoch(torch_model, split, pop
     # The kept weights are the best epoch's: re-evaluating validation reproduces its score.
     again = torch_model.evaluate(split["validation_fold_in"], split["validation"])
     assert again["ndcg_at_100"] == pytest.approx(best["validation_ndcg_at_100"], abs=1e-6)
+    # The small data rule reaches the backend: its L2 weight is the scaled λ.
+    assert torch_model._backend.config.lam == pytest.approx(0.01 * 750 / 116_677)
     losses = [h["loss"] for h in torch_model.history_]
     assert losses[-1] < losses[0]
     assert torch_model.history_[-1]["beta"] == pytest.approx(0.2 * (6 * 10 - 1) / 60)
