@@ -306,7 +306,11 @@ def _work(row: dict[str, Any]) -> float:
 def format_row(row: dict[str, Any]) -> str:
     text = f"{row['size']:<14} {row['step']:<14}"
     if row["status"] != "ok":
-        return f"{text} {row['status']} (peak {row.get('peak_rss_gb', 0):.1f} GiB after {row.get('elapsed_seconds', 0):.0f} s)"
+        if "peak_rss_gb" not in row:
+            return f"{text} {row['status']}"
+        return (
+            f"{text} {row['status']} (peak {row['peak_rss_gb']:.1f} GiB after {row['elapsed_seconds']:.0f} s)"
+        )
     if row["step"] == "prep":
         return (
             f"{text} parse {row['parse_seconds']:6.1f} s  filter {row['filter_seconds']:5.1f} s  "
@@ -320,6 +324,7 @@ def format_row(row: dict[str, Any]) -> str:
     return (
         f"{text} fit {row['fit_seconds']:7.1f} s  recommend {row['predict_seconds']:7.1f} s  "
         f"total {row['total_seconds']:7.1f} s  peak {row['peak_rss_gb']:5.2f} GiB"
+        + (f" (workers ≤ {max(workers.values()):.2f})" if (workers := row.get("worker_peak_rss_gb")) else "")
         + f"  cpu {row['cpu_seconds']:7.1f} s"
         + (
             f"  {speedup:4.1f}× SARSingleNode ({row['cpu_ratio_vs_sarsinglenode']:.1f}× in CPU)"
@@ -418,9 +423,23 @@ def log_to_mlflow(rows: list[dict[str, Any]], files: list[Path]) -> str:
     return parent
 
 
+def synthetic_name(name: str) -> str:
+    """``name`` if it is a synthetic shape (``synthetic-20m``, ``synthetic-<users>x<items>x<n>``)."""
+    from recmodels.errors import UnknownDataset
+    from recmodels.synthetic import parse_synthetic_name
+
+    try:
+        parse_synthetic_name(name)
+    except UnknownDataset as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument(
+        "--sizes", nargs="+", default=list(SIZES), type=synthetic_name, help="synthetic shapes"
+    )
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each engine; the fastest is reported")
     parser.add_argument("--memory-cap-gb", type=float, default=0.8 * psutil.virtual_memory().total / GIB)
