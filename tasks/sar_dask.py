@@ -38,7 +38,7 @@ import itertools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import distributed
@@ -213,7 +213,7 @@ def recommend_shards(
     rating_range: tuple[float, float],
 ) -> pd.DataFrame:
     """Each shard's top ``k`` per user, computed where the shard lives, merged into SAR.recommend's frame."""
-    rows = client.scatter(inputs, broadcast=True, hash=False)
+    rows = client.scatter(replace(inputs, unit_affinity=None), broadcast=True, hash=False)
     normalize = None
     if inputs.unit_affinity is not None:
         unit = client.scatter(inputs.unit_affinity, broadcast=True, hash=False)
