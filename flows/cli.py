@@ -132,19 +132,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from recmodels.datasets import RELEASES, benchmark_home
     from recmodels.synthetic import SYNTHETIC_SHAPES
+    from tasks.data import interactions_path
 
-    home = benchmark_home() if args.home is None else __import__("pathlib").Path(args.home)
+    home = benchmark_home() if args.home is None else Path(args.home)
     table = Table(title=f"Datasets (home: {home})")
     for column in ("name", "source", "parsed"):
         table.add_column(column)
     for name, release in RELEASES.items():
-        table.add_row(
-            name, release.url, "yes" if (home / "interactions" / f"{name}.parquet").exists() else ""
-        )
+        table.add_row(name, release.url, "yes" if interactions_path(home, name).exists() else "")
     for name, shape in SYNTHETIC_SHAPES.items():
-        parsed = "yes" if (home / "interactions" / f"{name}.parquet").exists() else ""
+        parsed = "yes" if interactions_path(home, name).exists() else ""
         table.add_row(name, "synthetic {} users × {} items × {} interactions".format(*shape), parsed)
     console.print(table)
 

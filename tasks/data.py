@@ -7,8 +7,6 @@ machines that share ``<home>``, and Prefect servers.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from prefect.logging import get_run_logger
 
 from recmodels import datasets, preprocessing, synthetic
 from recmodels.preprocessing import Split
-from tasks.prepared import PreparedData, write_prepared
+from tasks.prepared import PreparedData, write_parquet_atomic, write_prepared
 
 
 def interactions_path(home: Path, size: str) -> Path:
@@ -32,16 +30,6 @@ def check_size(size: str) -> None:
         synthetic.parse_synthetic_name(size)
     else:
         datasets.get_release(size)
-
-
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @task(name="download", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
@@ -66,7 +54,7 @@ def parse(size: str, raw_dir: Path | None, home: Path, seed: int = 0) -> Path:
     else:
         release = datasets.get_release(size)
         frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.fmt)
-    _write_parquet_atomic(frame, out)
+    write_parquet_atomic(frame, out)
     logger.info("parsed %s: %d interactions → %s", size, len(frame), out)
     return out
 

@@ -81,6 +81,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_prepared(home: Path, key: str, split: Split, params: dict[str, Any]) -> PreparedData:
     """Write ``split`` under ``prepared/<key>`` atomically; if another run got there first, keep theirs."""
     root = home / "prepared"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import subprocess
 import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from prefect.logging import get_run_logger
 from recmodels import metrics
 from recmodels.errors import BenchmarkError
 from recmodels.registry import create_model, model_spec
-from tasks.prepared import PreparedData
+from tasks.prepared import PreparedData, write_parquet_atomic
 from tasks.profiling import Measurement, measure
 from tasks.tracking import use_tracking_uri
 
@@ -149,14 +147,6 @@ def _torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
 @task(name="train-evaluate", task_run_name="train-evaluate-{name}", cache_policy=NO_CACHE)
 def train_and_evaluate(
     name: str,
@@ -236,7 +226,7 @@ def train_and_evaluate(
         for epoch in getattr(model, "history_", []):
             step = int(epoch["epoch"])
             mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
-        recs_path = _write_parquet(recs, output_dir / name / "recommendations.parquet")
+        recs_path = write_parquet_atomic(recs, output_dir / name / "recommendations.parquet")
         mlflow.log_artifact(str(recs_path), artifact_path="recommendations")
         _log_learning_curve(getattr(model, "history_", []), name)
         _log_model(model)
