@@ -48,10 +48,10 @@ def model_parameters(model: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {**values, **given}
 
 
-def _fit_and_recommend(model: Any, prepared: PreparedData, k: int) -> tuple[pd.DataFrame, Any, Any]:
+def _fit_and_recommend(
+    model: Any, prepared: PreparedData, train: pd.DataFrame, test: pd.DataFrame, k: int
+) -> tuple[pd.DataFrame, Measurement, Measurement]:
     """Follow the split's protocol: fold-in users (strong generalisation) or users seen in train."""
-    train = prepared.read("train")
-    test = prepared.read("test")
     if prepared.has("test_fold_in"):
         history = prepared.read("test_fold_in")
         if hasattr(model, "recommend_fold_in"):
@@ -69,13 +69,13 @@ def _fit_and_recommend(model: Any, prepared: PreparedData, k: int) -> tuple[pd.D
 
 
 def _sar_on_dask(
-    params: dict[str, Any], prepared: PreparedData, k: int, dask_address: str | None
+    params: dict[str, Any], prepared: PreparedData, test: pd.DataFrame, k: int, dask_address: str | None
 ) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float]]:
     """SAR fitted and scored by the ``sar-dask`` subflow (LocalCluster, or the scheduler at ``dask_address``)."""
     from tasks.sar_dask import run_sar_dask
 
     fold_in = str(prepared.path / "test_fold_in.parquet") if prepared.has("test_fold_in") else None
-    users = None if fold_in else [int(u) for u in prepared.read("test")["user_id"].unique()]
+    users = None if fold_in else [int(u) for u in test["user_id"].unique()]
     with measure() as driver:
         result = run_sar_dask(
             str(prepared.path / "train.parquet"), users, k, True, params, fold_in, dask_address=dask_address
@@ -194,17 +194,17 @@ def train_and_evaluate(
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) also reports Recall@20, Recall@50 and NDCG@100.
         depth = max(top_k, 100) if strong_generalization else top_k
+        test = prepared.read("test")
         worker_memory: dict[str, float] = {}
         if name == "sar" and sar_backend == "dask":
             mlflow.set_tag("sar_backend", "dask")
-            recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, depth, dask_address)
+            recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, test, depth, dask_address)
         elif model is None:
             recs, fit, predict = _vae_cf_horovod(
                 params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id, output_dir
             )
         else:
-            recs, fit, predict = _fit_and_recommend(model, prepared, depth)
-        test = prepared.read("test")
+            recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
         n_items = train_frame["item_id"].nunique()
         values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
         if strong_generalization:
