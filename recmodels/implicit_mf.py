@@ -25,16 +25,21 @@ Adaptive hinge compares each positive with the user's own n negatives, as ``spot
 it; Spotlight's ``_get_multiple_negative_predictions`` reshapes its (user, negative) scores so that a
 positive meets negatives scored for neighbouring users of the batch, a bug not reproduced here.
 
-Same algorithm, less work per step: the four tables are one tensor, rows [p_u | b_u] for users then
-[q_i | c_i] for items, so a minibatch is one gather, its gradient (written out in
-:func:`minibatch_gradient`) one ``index_add_``, and the Adam step one fused kernel. Each epoch builds one
-index tensor on the device, (2 + n) × rows int64 (the shuffled users and positives, and negatives from
-one ``torch.randint``), so nothing per row or per batch runs in Python beyond the step itself. With
-α = ∂loss/∂ŷ(u,i) and β = ∂loss/∂ŷ(u,j) for a triple (u, i, j):
+Same algorithm, less work per step (at batch 256 a step costs a few dozen small tensor operations, so
+their number is the cost): the four tables are one tensor, rows [p_u | b_u] for users then [q_i | c_i] for
+items, so a minibatch is one gather, its gradient (written out below) one ``index_add_``, and the Adam
+step one fused kernel. Each epoch builds one index tensor, (2 + n) × rows int64 (the shuffled users and
+positives, and negatives from one ``torch.randint``), cut into contiguous minibatches, so nothing per row
+runs in Python. In the gathered copy the user's bias is overwritten by 1, so that one dot product of
+[p_u | 1] with an item row gives p_u · q_i + c_i. For the pairwise losses (b_u cancels) with
+x = ŷ(u,j) − ŷ(u,i) and γ = ∂loss/∂x:
 
-    ∂/∂[p_u | b_u] = α [q_i | 1] + β [q_j | 1],   ∂/∂[q_i | c_i] = α [p_u | 1],   ∂/∂[q_j | c_j] = β [p_u | 1];
+    ∂/∂[p_u | b_u] = γ [q_j − q_i | 0],   ∂/∂[q_i | c_i] = −γ [p_u | 1],   ∂/∂[q_j | c_j] = γ [p_u | 1],
 
-adaptive hinge's gradient reaches only the highest-scored of the n negatives, as ``torch.max`` routes it.
+where adaptive hinge's j is the highest-scored of the n negatives (its gradient reaches only that one,
+as ``torch.max`` routes it); for pointwise, with α = ∂loss/∂ŷ(u,i) and β = ∂loss/∂ŷ(u,j):
+
+    ∂/∂[p_u | b_u] = α [q_i | 1] + β [q_j | 1],   ∂/∂[q_i | c_i] = α [p_u | 1],   ∂/∂[q_j | c_j] = β [p_u | 1].
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingE
 
 try:
     import torch
-    from torch.optim.adam import adam
 except ImportError:  # the [torch] extra is optional: this module imports, the model refuses to start
     torch = None
 
@@ -75,9 +79,9 @@ class BilinearNet(torch.nn.Module if torch is not None else object):
     ) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        weight = torch.zeros(n_users + n_items, embedding_dim + 1, device=device)
-        weight[:, :-1].normal_(0.0, 1.0 / embedding_dim, generator=generator)
-        self.weight = torch.nn.Parameter(weight)
+        factors = torch.empty(n_users + n_items, embedding_dim, device=device)
+        factors.normal_(0.0, 1.0 / embedding_dim, generator=generator)
+        self.weight = torch.nn.Parameter(torch.nn.functional.pad(factors, (0, 1)))  # biases 0
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """ŷ(u, i) for dense user and item positions (broadcast against each other)."""
@@ -90,24 +94,23 @@ class BilinearNet(torch.nn.Module if torch is not None else object):
         return torch.addmm(items[:, -1] + u[:, -1:], u[:, :-1], items[:, :-1].T)
 
 
-def loss_and_gradients(
-    loss: Loss, positive: torch.Tensor, negative: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch-mean ``loss`` of scores ŷ(u,i), ŷ(u,j) and its derivatives α, β with respect to each of them.
-
-    For adaptive hinge, ``negative`` is already the highest negative score of each row.
-    """
-    n = positive.shape[0]
-    if loss == "pointwise":
-        sig_pos, sig_neg = torch.sigmoid(positive), torch.sigmoid(negative)
-        return (1 - sig_pos + sig_neg).mean(), sig_pos * (sig_pos - 1) / n, sig_neg * (1 - sig_neg) / n
+def pairwise_loss(loss: Loss, difference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch-mean bpr, hinge or adaptive hinge loss of x = ŷ(u,j) − ŷ(u,i) and its derivative γ = ∂loss/∂x."""
+    n = len(difference)
     if loss == "bpr":
-        miss = torch.sigmoid(negative - positive)  # 1 − σ(ŷ(u,i) − ŷ(u,j))
-        alpha = (miss - 1).mul_(miss).div_(n)
-        return miss.mean(), alpha, -alpha
-    margin = 1 - positive + negative  # hinge and adaptive hinge; torch.clamp passes the gradient at 0
-    alpha = (margin >= 0).to(margin.dtype) / -n
-    return margin.clamp(min=0).mean(), alpha, -alpha
+        miss = torch.sigmoid(difference)  # 1 − σ(ŷ(u,i) − ŷ(u,j))
+        return miss.mean(), miss.sub(1).mul_(miss).div_(-n)
+    margin = difference + 1  # torch.clamp passes the gradient at 0
+    return margin.clamp(min=0).mean(), margin.ge(0).to(margin.dtype).div_(n)
+
+
+def pointwise_loss(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch-mean pointwise loss of ``scores`` [ŷ(u,i); ŷ(u,j)] (2 × B) and its derivatives [α; β]."""
+    n = scores.shape[1]
+    sigmoid = torch.sigmoid(scores)
+    derivative = sigmoid.sub(1).mul_(sigmoid).div_(n)  # σ' = σ(1 − σ), with the positive's sign
+    derivative[1].neg_()
+    return (sigmoid[1] - sigmoid[0]).mean().add_(1), derivative
 
 
 def minibatch_gradient(
@@ -119,31 +122,56 @@ def minibatch_gradient(
 ) -> torch.Tensor:
     """Mean loss of one minibatch; its dense gradient with respect to the table ``weight`` goes to ``grad``.
 
-    ``index`` holds rows of ``weight``, shape (2 + n) × B: the users, their positive items, then n rows of
-    negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the precision of
-    the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
+    ``index`` (contiguous) holds rows of ``weight``, shape (2 + n) × B: the users, their positive items,
+    then n rows of negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the
+    precision of the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
     """
-    flat = index.reshape(-1)
-    rows = weight.index_select(0, flat).to(compute_dtype or weight.dtype).view(*index.shape, -1)
-    ones = torch.nn.functional.pad(rows[..., :-1], (0, 1), value=1.0)  # [p_u | 1] and [q_i | 1]
-    scores = (rows[1:] * ones[0]).sum(-1)  # ŷ − b_u, (1 + n) × B: b_u cancels in the pairwise losses
-    if loss == "pointwise":
-        scores += rows[0, :, -1]
-    if len(scores) > 2:  # adaptive hinge: only the highest-scored negative counts, as torch.max routes it
-        hardest = scores[1:].argmax(0, keepdim=True)
-        scores = torch.cat([scores[:1], scores[1:].gather(0, hardest)])
-        ones = torch.cat([ones[:2], ones[2:].gather(0, hardest[..., None].expand(-1, -1, ones.shape[-1]))])
-        flat = torch.cat([index[:2], index[2:].gather(0, hardest)]).view(-1)
-    value, alpha, beta = loss_and_gradients(loss, scores[0], scores[1])
-    coef = torch.stack([alpha, beta])[..., None]  # ∂loss/∂ŷ of the (user, positive), (user, negative) pairs
-    grad_rows = torch.cat([(coef * ones[1:]).sum(0, keepdim=True), coef * ones[0]])
-    grad.zero_().index_add_(0, flat, grad_rows.view(len(flat), -1).to(grad.dtype))
+    rows = weight.index_select(0, index.view(-1)).to(compute_dtype or weight.dtype).view(*index.shape, -1)
+    step = _pointwise_rows if loss == "pointwise" else _pairwise_rows
+    value, grad_rows, grad_index = step(loss, rows, index)
+    grad.zero_().index_add_(0, grad_index, grad_rows.view(len(grad_index), -1).to(grad.dtype))
     return value.to(grad.dtype)
+
+
+def _pairwise_rows(
+    loss: Loss, rows: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch (gathered ``rows``)."""
+    user, positive, negatives = rows[0], rows[1], rows[2:]
+    user.select(-1, -1).fill_(1)  # [p_u | 1]
+    negatives.sub_(positive)  # [q_j − q_i | c_j − c_i]
+    difference = torch.linalg.vecdot(negatives, user)  # ŷ(u,j) − ŷ(u,i), n × B
+    if len(negatives) > 1:  # adaptive hinge: the highest-scored negative of each positive
+        size = index.shape[1]
+        difference, hardest = difference.max(0)
+        pick = torch.add(torch.arange(size, device=index.device), hardest, alpha=size)
+        direction = negatives.view(-1, rows.shape[-1]).index_select(0, pick)
+        negative_index = index[2:].view(-1).index_select(0, pick)
+    else:
+        difference, direction, negative_index = difference[0], negatives[0], index[2]
+    value, gamma = pairwise_loss(loss, difference)
+    direction.select(-1, -1).fill_(0)  # [q_j − q_i | 0]
+    grad_rows = torch.stack([direction, user, user.neg()]).mul_(gamma[:, None])
+    return value, grad_rows, torch.stack([index[0], negative_index, index[1]]).view(-1)
+
+
+def _pointwise_rows(
+    loss: Loss, rows: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss, gradient rows and their table rows of a pointwise minibatch (gathered ``rows``, 3 × B)."""
+    user, items = rows[0], rows[1:]
+    bias = user[:, -1].clone()
+    user.select(-1, -1).fill_(1)  # [p_u | 1]
+    value, derivative = pointwise_loss(torch.linalg.vecdot(items, user).add_(bias))
+    items.select(-1, -1).fill_(1)  # [q_i | 1], [q_j | 1]
+    coef = derivative[..., None]
+    grad_rows = torch.cat([(coef * items).sum(0, keepdim=True), coef * user])
+    return value, grad_rows, index.view(-1)
 
 
 @dataclass(eq=False)
 class DenseAdam:
-    """``torch.optim.Adam(weight_decay=...)`` on one tensor, through its fused functional form.
+    """``torch.optim.Adam(weight_decay=...)`` on one tensor, through the kernel of ``Adam(fused=True)``.
 
     The same update (Kingma & Ba, ICLR 2015, with L2 added to the gradient) as Spotlight's optimizer,
     without ``Optimizer.step``'s per-call bookkeeping, which costs more than the kernel at small batches.
@@ -163,23 +191,22 @@ class DenseAdam:
 
     def step(self) -> None:
         """Update ``weight`` in place with the gradient in ``grad``."""
-        with torch.no_grad():
-            adam(
-                [self.weight],
-                [self.grad],
-                [self.exp_avg],
-                [self.exp_avg_sq],
-                [],
-                [self.steps],
-                fused=True,
-                amsgrad=False,
-                beta1=0.9,
-                beta2=0.999,
-                lr=self.learning_rate,
-                weight_decay=self.weight_decay,
-                eps=1e-8,
-                maximize=False,
-            )
+        self.steps += 1
+        torch._fused_adam_(
+            [self.weight.detach()],
+            [self.grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.steps],
+            amsgrad=False,
+            beta1=0.9,
+            beta2=0.999,
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+            eps=1e-8,
+            maximize=False,
+        )
 
 
 @dataclass(eq=False)
@@ -229,11 +256,11 @@ class ImplicitFactorization:
         if train.empty:
             raise EmptySplit("implicit_mf train has no rows; fit on a non-empty train split.")
         device = resolve_device(self.device)
-        self.users_, self.items_ = IdIndex.from_values(train[USER]), IdIndex.from_values(train[ITEM])
+        users, self.users_ = _factorize(train[USER])
+        items, self.items_ = _factorize(train[ITEM])
         self.seen_ = interaction_matrix(train, self.users_, self.items_)
         n_users, n_items = len(self.users_), len(self.items_)
-        users = torch.as_tensor(self.users_.positions(train[USER].to_numpy()), device=device)
-        items = torch.as_tensor(self.items_.positions(train[ITEM].to_numpy()) + n_users, device=device)
+        pairs = torch.as_tensor(np.stack([users, items + n_users]), device=device)  # table rows, 2 × rows
         generator = torch.Generator(device=device)
         if self.seed is None:
             generator.seed()
@@ -244,7 +271,7 @@ class ImplicitFactorization:
         self.history_ = []
         for epoch in range(1, self.n_iter + 1):
             start = time.perf_counter()
-            loss = self._epoch(optimizer, users, items, generator)
+            loss = self._epoch(optimizer, pairs, generator)
             seconds = time.perf_counter() - start
             if not np.isfinite(loss):
                 raise InvalidConfig(
@@ -256,33 +283,28 @@ class ImplicitFactorization:
                     "epoch": epoch,
                     "loss": loss,
                     "epoch_seconds": seconds,
-                    "interactions_per_second": len(users) / seconds,
+                    "interactions_per_second": len(train) / seconds,
                 }
             )
         return self
 
-    def _epoch(
-        self,
-        optimizer: DenseAdam,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        generator: torch.Generator,
-    ) -> float:
-        """One shuffled pass over the rows; the mean of the minibatch losses (one device sync, at the end)."""
-        weight = self.module_.weight
+    def _epoch(self, optimizer: DenseAdam, pairs: torch.Tensor, generator: torch.Generator) -> float:
+        """One shuffled pass over the (user, item) ``pairs``; the mean of the minibatch losses (one sync)."""
         n_users, n_items = self.module_.n_users, self.module_.n_items
         n_negatives = self.num_negatives if self.loss == "adaptive_hinge" else 1
         compute_dtype = torch.bfloat16 if self.mixed_precision else None
-        device = users.device
-        order = torch.randperm(len(users), generator=generator, device=device)
+        rows = pairs.shape[1]
+        order = torch.randperm(rows, generator=generator, device=pairs.device)
         negatives = torch.randint(
-            n_users, n_users + n_items, (n_negatives, len(users)), generator=generator, device=device
+            n_users, n_users + n_items, (n_negatives, rows), generator=generator, device=pairs.device
         )
-        index = torch.cat([users[order][None], items[order][None], negatives])  # (2 + n) × rows
+        index = torch.cat([pairs[:, order], negatives])  # (2 + n) × rows
         losses = []
         with torch.no_grad():
-            for batch in index.split(self.batch_size, dim=1):
-                losses.append(minibatch_gradient(weight, optimizer.grad, batch, self.loss, compute_dtype))
+            for batch in minibatches(index, self.batch_size):
+                losses.append(
+                    minibatch_gradient(optimizer.weight, optimizer.grad, batch, self.loss, compute_dtype)
+                )
                 optimizer.step()
         return torch.stack(losses).mean().item()
 
@@ -341,3 +363,16 @@ def resolve_device(device: str) -> torch.device:
             "device='auto' or 'cpu', or run on a GPU worker."
         )
     return resolved
+
+
+def minibatches(index: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The columns of ``index`` cut into consecutive contiguous blocks of ``size`` (the last one shorter)."""
+    full = index.shape[1] // size * size
+    blocks = index[:, :full].view(len(index), -1, size).transpose(0, 1).contiguous()
+    return [*blocks, *([index[:, full:].contiguous()] if full < index.shape[1] else [])]
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, IdIndex]:
+    """Dense positions of raw ids and their :class:`IdIndex` (one hash pass; ``IdIndex.from_values`` sorts)."""
+    positions, ids = pd.factorize(values.to_numpy(), sort=True)
+    return positions, IdIndex(ids)

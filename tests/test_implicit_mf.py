@@ -25,8 +25,10 @@ from recmodels.implicit_mf import (  # noqa: E402
     BilinearNet,
     DenseAdam,
     ImplicitFactorization,
-    loss_and_gradients,
     minibatch_gradient,
+    minibatches,
+    pairwise_loss,
+    pointwise_loss,
 )
 from recmodels.metrics import map_at_k, ndcg_at_k  # noqa: E402
 from recmodels.popularity import Popularity  # noqa: E402
@@ -108,18 +110,37 @@ def test_minibatch_gradient_equals_autograd_of_spotlights_bilinear_net(loss: str
     torch.testing.assert_close(grad, reference.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_losses_and_gradients_at_zero_scores_hand_computed() -> None:
+def test_losses_and_derivatives_at_zero_scores_hand_computed() -> None:
     """All scores 0: σ = 1/2, σ' = 1/4, hinge margin 1 (batch of 2, so derivatives are halved)."""
     zero = torch.zeros(2)
-    expected = {  # loss: (value, α, β)
-        "pointwise": (1.0, -0.125, 0.125),
-        "bpr": (0.5, -0.125, 0.125),
-        "hinge": (1.0, -0.5, 0.5),
-        "adaptive_hinge": (1.0, -0.5, 0.5),
-    }
-    for loss, (value, alpha, beta) in expected.items():
-        got = loss_and_gradients(loss, zero, zero)
-        assert [got[0].item(), got[1].tolist(), got[2].tolist()] == [value, [alpha] * 2, [beta] * 2], loss
+    expected = {"bpr": (0.5, 0.125), "hinge": (1.0, 0.5), "adaptive_hinge": (1.0, 0.5)}  # value, γ
+    for loss, (value, gamma) in expected.items():
+        got = pairwise_loss(loss, zero.clone())
+        assert [got[0].item(), got[1].tolist()] == [value, [gamma] * 2], loss
+    value, derivative = pointwise_loss(torch.zeros(2, 2))
+    assert [value.item(), derivative.tolist()] == [1.0, [[-0.125, -0.125], [0.125, 0.125]]]
+
+
+def test_hinge_derivative_is_one_at_zero_margin_and_zero_below() -> None:
+    """torch.clamp's gradient, which Spotlight's hinge losses get: 1 where 1 + x >= 0, else 0 (halved: B = 4)."""
+    value, gamma = pairwise_loss("hinge", torch.tensor([-3.0, -1.0, 0.0, 2.0]))
+    assert value.item() == pytest.approx((0 + 0 + 1 + 3) / 4)
+    assert gamma.tolist() == [0.0, 0.25, 0.25, 0.25]
+
+
+def test_minibatches_are_contiguous_column_blocks() -> None:
+    index = torch.arange(21).view(3, 7)
+    blocks = minibatches(index, 3)
+    assert [b.tolist() for b in blocks] == [
+        index[:, :3].tolist(),
+        index[:, 3:6].tolist(),
+        index[:, 6:].tolist(),
+    ]
+    assert all(b.is_contiguous() for b in blocks)
+    assert [b.tolist() for b in minibatches(index[:, :6], 3)] == [
+        index[:, :3].tolist(),
+        index[:, 3:6].tolist(),
+    ]
 
 
 def test_bfloat16_batch_arithmetic_stays_close_to_float32() -> None:
