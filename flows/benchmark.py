@@ -7,7 +7,6 @@ with one MLflow parent run per flow run, a nested run per model and a Prefect ta
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any, Literal
 
 from mlflow.entities import RunStatus
@@ -19,10 +18,9 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from recmodels import preprocessing
-from recmodels.datasets import benchmark_home
 from recmodels.errors import BenchmarkError
 from recmodels.registry import model_spec
-from tasks import data
+from tasks import data, storage
 from tasks.prepared import load_prepared, prepared_key
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 from tasks.train import Tracking, train_and_evaluate
@@ -108,7 +106,7 @@ def movielens_benchmark(
     unknown = set(model_params) - set(models)
     if unknown:
         raise BenchmarkError(f"model_params names {sorted(unknown)} which are not in models={models}")
-    root = Path(home).expanduser() if home else benchmark_home()
+    root = storage.resolve_home(home)
 
     data_params = {
         "size": size,
@@ -125,7 +123,7 @@ def movielens_benchmark(
         logger.info(
             "cache hit: prepared data %s found at %s; skipping download, parse, filter, split, transpose",
             key,
-            prepared.path,
+            prepared.folder,
         )
     else:
         raw = data.download(size, root, mirror)
@@ -198,7 +196,7 @@ def movielens_benchmark(
             else:
                 failures.append(f"{remote}: GPU flow run {child.name} ended {child.state_name}")
         tracking = Tracking(uri, exp_id, parent_id, tags)
-        output_dir = root / "runs" / (flow_run_id or parent_id)
+        output_dir = storage.join(root, "runs", flow_run_id or parent_id)
         for name in (m for m in models if m not in remote):
             state = train_and_evaluate(
                 name,

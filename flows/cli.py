@@ -132,33 +132,30 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from recmodels.datasets import RELEASES, benchmark_home
+    from recmodels.datasets import RELEASES
     from recmodels.synthetic import SYNTHETIC_SHAPES
+    from tasks import storage
     from tasks.data import interactions_path
 
-    home = benchmark_home() if args.home is None else Path(args.home)
+    home = storage.resolve_home(args.home)
     table = Table(title=f"Datasets (home: {home})")
     for column in ("name", "source", "parsed"):
         table.add_column(column)
     for name, release in RELEASES.items():
-        table.add_row(name, release.url, "yes" if interactions_path(home, name).exists() else "")
+        table.add_row(name, release.url, "yes" if storage.exists(interactions_path(home, name)) else "")
     for name, shape in SYNTHETIC_SHAPES.items():
-        parsed = "yes" if interactions_path(home, name).exists() else ""
+        parsed = "yes" if storage.exists(interactions_path(home, name)) else ""
         table.add_row(name, "synthetic {} users × {} items × {} interactions".format(*shape), parsed)
     console.print(table)
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from mlflow.tracking import MlflowClient
 
-    from recmodels.datasets import benchmark_home
+    from tasks.storage import resolve_home
     from tasks.tracking import tracking_uri
 
-    uri = tracking_uri(Path(args.home) if args.home else benchmark_home())
+    uri = tracking_uri(resolve_home(args.home))
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
@@ -267,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--home", default=None)
     stack.add_argument(
-        "--storage", default=None, help="workers' data home (a folder the workers share); default: home"
+        "--storage",
+        default=None,
+        help="workers' data home: a folder they share or an fsspec URL (s3://bucket/prefix); default: home",
     )
     stack.add_argument("--host", default="127.0.0.1")
     stack.add_argument("--prefect-port", type=int, default=4200)

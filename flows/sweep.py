@@ -14,7 +14,6 @@ publishes a markdown artifact with one row per size × model linking each model 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -29,7 +28,6 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 
 from flows.benchmark import RESULT_COLUMNS, SplitConfig, movielens_benchmark
-from recmodels.datasets import benchmark_home
 from recmodels.errors import (
     BenchmarkError,
     InvalidConfig,
@@ -37,7 +35,7 @@ from recmodels.errors import (
     UnknownDeployment,
 )
 from recmodels.registry import model_spec
-from tasks import data
+from tasks import data, storage
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 
 ARTIFACT_KEY = "movielens-benchmark-sweep"
@@ -216,7 +214,7 @@ def movielens_benchmark_sweep(
     if not children:
         raise BenchmarkError("every size failed: " + "; ".join(failures))
 
-    root = Path(home).expanduser() if home else benchmark_home()
+    root = storage.resolve_home(home)
     uri = tracking_uri(root)
     client = MlflowClient(uri)
     exp_id = experiment_id(uri, root, experiment)

@@ -162,8 +162,10 @@ def get_release(name: str) -> Release:
 
 
 def benchmark_home() -> Path:
-    """``$MOVIELENS_BENCHMARK_HOME``, else ``<$XDG_CACHE_HOME or ~/.cache>/movielens-benchmark``."""
-    if home := os.environ.get("MOVIELENS_BENCHMARK_HOME"):
+    """The local cache: ``$MOVIELENS_BENCHMARK_HOME``, else ``<$XDG_CACHE_HOME or ~/.cache>/movielens-benchmark``
+    (also when ``$MOVIELENS_BENCHMARK_HOME`` is a URL: the flows keep their shared data there, see
+    ``tasks/storage.py``, and the raw downloads here)."""
+    if (home := os.environ.get("MOVIELENS_BENCHMARK_HOME")) and "://" not in home:
         return Path(home).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "movielens-benchmark"
 

@@ -1,8 +1,9 @@
 """Prefect tasks for the data steps: download → parse → filter → split → transpose → prepared folder.
 
 Each task is a thin wrapper around :mod:`recmodels`; the caching lives in files under ``<home>``
-(raw release, ``interactions/<release>.parquet``, ``prepared/<key>/``), so it holds across processes,
-machines that share ``<home>``, and Prefect servers.
+(``interactions/<release>.parquet``, ``prepared/<key>/``; the raw release in the local cache when
+``<home>`` is a URL, see ``tasks/storage.py``), so it holds across processes, machines that share
+``<home>``, and Prefect servers.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from prefect.logging import get_run_logger
 
 from recmodels import datasets, preprocessing, synthetic
 from recmodels.preprocessing import Split
-from tasks.prepared import PreparedData, write_parquet_atomic, write_prepared
+from tasks import storage
+from tasks.prepared import PreparedData, write_prepared
 
 
-def interactions_path(home: Path, size: str) -> Path:
-    return home / "interactions" / f"{size}.parquet"
+def interactions_path(home: str, size: str) -> str:
+    return storage.join(home, "interactions", f"{size}.parquet")
 
 
 def check_size(size: str) -> None:
@@ -33,19 +35,20 @@ def check_size(size: str) -> None:
 
 
 @task(name="download", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def download(size: str, home: Path, mirror: str | None) -> Path | None:
-    """Fetch and verify a GroupLens release (from GroupLens or the mirror); None for synthetic data."""
+def download(size: str, home: str, mirror: str | None) -> Path | None:
+    """Fetch and verify a GroupLens release (from GroupLens or the mirror) into the local cache of
+    ``home``; None for synthetic data."""
     if size.startswith("synthetic-"):
         return None
-    return datasets.fetch_release(size, home, mirror=mirror, progress=False)
+    return datasets.fetch_release(size, storage.local_dir(home), mirror=mirror, progress=False)
 
 
 @task(name="parse", cache_policy=NO_CACHE)
-def parse(size: str, raw_dir: Path | None, home: Path, seed: int = 0) -> Path:
+def parse(size: str, raw_dir: Path | None, home: str, seed: int = 0) -> str:
     """Parse the release into the canonical Parquet table (or generate synthetic data), once per home."""
     logger = get_run_logger()
     out = interactions_path(home, size)
-    if out.exists():
+    if storage.exists(out):
         logger.info("cache hit: %s already parsed at %s, skipping parse", size, out)
         return out
     if raw_dir is None:
@@ -54,17 +57,17 @@ def parse(size: str, raw_dir: Path | None, home: Path, seed: int = 0) -> Path:
     else:
         release = datasets.get_release(size)
         frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.fmt)
-    write_parquet_atomic(frame, out)
+    storage.write_parquet_atomic(frame, out)
     logger.info("parsed %s: %d interactions → %s", size, len(frame), out)
     return out
 
 
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_interactions(
-    path: Path, min_user_interactions: int, min_item_interactions: int, implicit_threshold: float | None
+    path: str, min_user_interactions: int, min_item_interactions: int, implicit_threshold: float | None
 ) -> pd.DataFrame:
     """Optional implicit conversion, then the iterative k-core filter."""
-    frame = pd.read_parquet(path)
+    frame = storage.read_parquet(path)
     if implicit_threshold is not None:
         frame = preprocessing.to_implicit(frame, threshold=implicit_threshold)
     filtered = preprocessing.filter_min_interactions(frame, min_user_interactions, min_item_interactions)
@@ -96,7 +99,7 @@ def split(frame: pd.DataFrame, strategy: str, params: dict[str, Any]) -> Split:
 
 
 @task(name="write-prepared", cache_policy=NO_CACHE)
-def write(home: Path, key: str, result: Split, params: dict[str, Any]) -> PreparedData:
+def write(home: str, key: str, result: Split, params: dict[str, Any]) -> PreparedData:
     prepared = write_prepared(home, key, result, params)
-    get_run_logger().info("prepared data %s written to %s", key, prepared.path)
+    get_run_logger().info("prepared data %s written to %s", key, prepared.folder)
     return prepared

@@ -2,9 +2,12 @@
 
 ``<key>`` hashes everything that determines the prepared data, including the source code of the data
 steps, so the same key means the same data and a changed parameter or data step means a new folder.
-Folders are built under a temporary name and renamed into place with ``manifest.json`` inside, so a
-folder without a manifest is never read, a crashed run leaves nothing half-written behind the key, and
-two runs preparing the same key at once both end with one complete folder.
+``<home>`` is a local folder or an fsspec URL (``tasks/storage.py``). ``manifest.json`` is what makes a
+folder complete: a folder without it is never read and is rebuilt. On a local disk the folder is built
+under a temporary name and renamed into place with its manifest inside; on an object store (no folder
+rename there) each file is published whole and the manifest last. Either way a crashed run leaves
+nothing readable half-written, and two runs preparing the same key at once both end with one complete
+folder of the same data.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import inspect
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import recmodels.datasets
 import recmodels.preprocessing
 import recmodels.synthetic
 from recmodels.preprocessing import Split
+from tasks import storage
 
 MANIFEST = "manifest.json"
 DATA_STEP_MODULES = (recmodels._columns, recmodels.datasets, recmodels.synthetic, recmodels.preprocessing)
@@ -47,76 +50,80 @@ def prepared_key(params: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A complete prepared-data folder and its manifest."""
+    """A complete prepared-data folder (a local path or URL) and its manifest."""
 
-    path: Path
+    folder: str
     manifest: dict[str, Any]
 
     @property
     def key(self) -> str:
-        return self.path.name
+        return self.folder.rstrip("/").rpartition("/")[2]
+
+    def file(self, name: str) -> str:
+        return storage.join(self.folder, f"{name}.parquet")
 
     def read(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path / f"{name}.parquet")
+        return storage.read_parquet(self.file(name))
 
     def has(self, name: str) -> bool:
         return name in self.manifest["files"]
 
 
-def load_prepared(home: Path, key: str) -> PreparedData | None:
+def prepared_folder(home: str, key: str) -> str:
+    return storage.join(home, "prepared", key)
+
+
+def load_prepared(home: str, key: str) -> PreparedData | None:
     """The folder for ``key`` if it is complete (has a manifest), else None."""
-    path = home / "prepared" / key
+    folder = prepared_folder(home, key)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(storage.read_text(storage.join(folder, MANIFEST)))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return PreparedData(path, manifest)
+    return PreparedData(folder, manifest)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _describe(frame: pd.DataFrame, data: bytes) -> dict[str, Any]:
+    return {
+        "rows": len(frame),
+        "users": int(frame["user_id"].nunique()),
+        "items": int(frame["item_id"].nunique()),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_prepared(home: Path, key: str, split: Split, params: dict[str, Any]) -> PreparedData:
+def write_prepared(home: str, key: str, split: Split, params: dict[str, Any]) -> PreparedData:
     """Write ``split`` under ``prepared/<key>`` atomically; if another run got there first, keep theirs."""
-    root = home / "prepared"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
     if (existing := load_prepared(home, key)) is not None:
         return existing
-    if final.exists():  # incomplete leftover of a crashed run: rebuild
+    folder = prepared_folder(home, key)
+    if storage.is_local(home):
+        _write_local(folder, key, split, params)
+    else:
+        _write_object_store(folder, key, split, params)
+    prepared = load_prepared(home, key)
+    assert prepared is not None, f"{folder} has no manifest after writing it"
+    return prepared
+
+
+def _manifest(key: str, params: dict[str, Any], files: dict[str, dict[str, Any]]) -> bytes:
+    manifest = {"key": key, "params": params, "code_version": data_code_version(), "files": files}
+    return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+
+
+def _write_local(final: str, key: str, split: Split, params: dict[str, Any]) -> None:
+    """Build the folder under a temporary name, manifest inside, and rename it into place."""
+    if Path(final).exists():  # incomplete leftover of a crashed run: rebuild
         shutil.rmtree(final, ignore_errors=True)
-    tmp = root / f".{key}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
+    tmp = Path(storage.temporary_name(final))
+    tmp.mkdir(parents=True)
     try:
-        files: dict[str, dict[str, Any]] = {}
+        files = {}
         for name, frame in split.frames().items():
-            path = tmp / f"{name}.parquet"
-            frame.to_parquet(path, index=False)
-            files[name] = {
-                "rows": len(frame),
-                "users": int(frame["user_id"].nunique()),
-                "items": int(frame["item_id"].nunique()),
-                "sha256": _sha256(path),
-            }
-        manifest = {"key": key, "params": params, "code_version": data_code_version(), "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            data = frame.to_parquet(index=False)
+            (tmp / f"{name}.parquet").write_bytes(data)
+            files[name] = _describe(frame, data)
+        (tmp / MANIFEST).write_bytes(_manifest(key, params, files))
         try:
             os.rename(tmp, final)
         except OSError:  # another run renamed its complete folder into place first
@@ -124,6 +131,13 @@ def write_prepared(home: Path, key: str, split: Split, params: dict[str, Any]) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prepared = load_prepared(home, key)
-    assert prepared is not None, f"{final} has no manifest after writing it"
-    return prepared
+
+
+def _write_object_store(folder: str, key: str, split: Split, params: dict[str, Any]) -> None:
+    """Publish each file whole, then the manifest: until it lands the folder is incomplete."""
+    files = {}
+    for name, frame in split.frames().items():
+        data = frame.to_parquet(index=False)
+        storage.write_bytes_atomic(data, storage.join(folder, f"{name}.parquet"))
+        files[name] = _describe(frame, data)
+    storage.write_bytes_atomic(_manifest(key, params, files), storage.join(folder, MANIFEST))

@@ -11,13 +11,16 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from tasks import storage
+
 EXPERIMENT = "movielens-benchmark"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def tracking_uri(home: Path) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else SQLite under the benchmark home."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+def tracking_uri(home: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else SQLite in the home's local folder (the local cache when the
+    home is a URL: SQLite needs a local file; machines sharing a URL home should share a tracking server)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage.local_dir(str(home)) / 'mlflow.db'}"
 
 
 @contextmanager
@@ -35,13 +38,17 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets the variable and MLflow's default applies again
 
 
-def experiment_id(uri: str, home: Path, name: str = EXPERIMENT) -> str:
-    """Get or create the experiment; local stores keep artifacts under ``<home>/mlartifacts``."""
+def experiment_id(uri: str, home: str | Path, name: str = EXPERIMENT) -> str:
+    """Get or create the experiment; local stores keep artifacts in ``mlartifacts`` beside the store."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = (home / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:", "/")) else None
+    location = (
+        (storage.local_dir(str(home)) / "mlartifacts").as_uri()
+        if uri.startswith(("sqlite:", "file:", "/"))
+        else None
+    )
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another run

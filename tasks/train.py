@@ -20,7 +20,8 @@ from prefect.logging import get_run_logger
 from recmodels import metrics
 from recmodels.errors import BenchmarkError
 from recmodels.registry import create_model, model_spec
-from tasks.prepared import PreparedData, write_parquet_atomic
+from tasks import storage
+from tasks.prepared import PreparedData
 from tasks.profiling import Measurement, measure
 from tasks.tracking import use_tracking_uri
 
@@ -74,11 +75,11 @@ def _sar_on_dask(
     """SAR fitted and scored by the ``sar-dask`` subflow (LocalCluster, or the scheduler at ``dask_address``)."""
     from tasks.sar_dask import run_sar_dask
 
-    fold_in = str(prepared.path / "test_fold_in.parquet") if prepared.has("test_fold_in") else None
+    fold_in = prepared.file("test_fold_in") if prepared.has("test_fold_in") else None
     users = None if fold_in else [int(u) for u in test["user_id"].unique()]
     with measure() as driver:
         result = run_sar_dask(
-            str(prepared.path / "train.parquet"), users, k, True, params, fold_in, dask_address=dask_address
+            prepared.file("train"), users, k, True, params, fold_in, dask_address=dask_address
         )
     workers = {f"worker_{i}_peak_rss_mb": mb for i, mb in enumerate(result.worker_peak_rss_mb.values())}
     fit = Measurement(result.fit_seconds, driver.peak_rss_mb)
@@ -93,24 +94,23 @@ def _vae_cf_horovod(
     num_workers: int,
     uri: str,
     run_id: str,
-    output_dir: Path,
 ) -> tuple[pd.DataFrame, Measurement, Measurement]:
     """VAE-CF trained by ``horovodrun -np num_workers --gloo`` (tasks/vae_cf_worker.py); rank 0 logs
-    the parameters, per-epoch metrics and the model into ``run_id`` and writes the recommendations."""
+    the parameters, per-epoch metrics and the model into ``run_id`` and hands back the recommendations."""
     from tasks.vae_cf_worker import command
 
-    out = output_dir / "vae_cf"
     config = {key: value for key, value in params.items() if key != "num_workers"}
-    worker_args = ["--prepared", str(prepared.path), "--output", str(out), "--params", json.dumps(config)]
-    worker_args += ["--k", str(k), "--tracking-uri", uri, "--run-id", run_id]
-    with measure() as fit:
-        done = subprocess.run(command(num_workers, worker_args), capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        raise BenchmarkError(f"horovodrun -np {num_workers} failed (exit {done.returncode}):\n{tail}")
-    results = json.loads((out / "results.json").read_text())
-    fit.seconds = results["fit_seconds"]
-    return pd.read_parquet(out / "recommendations.parquet"), fit, Measurement()
+    with tempfile.TemporaryDirectory(prefix="vae_cf-") as out:
+        worker_args = ["--prepared", prepared.folder, "--output", out, "--params", json.dumps(config)]
+        worker_args += ["--k", str(k), "--tracking-uri", uri, "--run-id", run_id]
+        with measure() as fit:
+            done = subprocess.run(command(num_workers, worker_args), capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+            raise BenchmarkError(f"horovodrun -np {num_workers} failed (exit {done.returncode}):\n{tail}")
+        results = json.loads((Path(out) / "results.json").read_text())
+        fit.seconds = results["fit_seconds"]
+        return pd.read_parquet(Path(out) / "recommendations.parquet"), fit, Measurement()
 
 
 def _fit(model: Any, train: pd.DataFrame, prepared: PreparedData) -> None:
@@ -141,6 +141,14 @@ def _log_model(model: Any) -> None:
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
 
 
+def _log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
+    """Log ``frame`` as a Parquet artifact (written locally first: the home may be a URL)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+
+
 def _torch_version() -> str:
     import torch
 
@@ -154,7 +162,7 @@ def train_and_evaluate(
     prepared: PreparedData,
     top_k: int,
     tracking: Tracking,
-    output_dir: Path,
+    output_dir: str,
     sar_backend: str = "single",
     dask_address: str | None = None,
 ) -> dict[str, Any]:
@@ -183,12 +191,11 @@ def train_and_evaluate(
         if horovod_workers == 1:  # the Horovod worker logs the effective parameters itself
             model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
             mlflow.log_params(model_parameters(model, params))
-        train_path = prepared.path / "train.parquet"
         train_frame = prepared.read("train")
         with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(
-                train_frame, source=str(train_path), name=f"{tags.get('size', 'data')}-{prepared.key}"
+                train_frame, source=prepared.file("train"), name=f"{tags.get('size', 'data')}-{prepared.key}"
             )
             mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")
@@ -201,7 +208,7 @@ def train_and_evaluate(
             recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, test, depth, dask_address)
         elif model is None:
             recs, fit, predict = _vae_cf_horovod(
-                params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id, output_dir
+                params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id
             )
         else:
             recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
@@ -226,8 +233,8 @@ def train_and_evaluate(
         for epoch in getattr(model, "history_", []):
             step = int(epoch["epoch"])
             mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
-        recs_path = write_parquet_atomic(recs, output_dir / name / "recommendations.parquet")
-        mlflow.log_artifact(str(recs_path), artifact_path="recommendations")
+        storage.write_parquet_atomic(recs, storage.join(output_dir, name, "recommendations.parquet"))
+        _log_frame(recs, "recommendations/recommendations.parquet")
         _log_learning_curve(getattr(model, "history_", []), name)
         _log_model(model)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})

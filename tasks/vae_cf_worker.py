@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 
 from recmodels.errors import BenchmarkError, EmptySplit
 from recmodels.vae_cf import VAECF, VAECFConfig
+from tasks import storage
 
 SETS = ("train", "validation_fold_in", "validation", "test_fold_in", "test")
 
@@ -47,9 +48,9 @@ def command(num_workers: int, worker_args: Sequence[str]) -> list[str]:
     return ["horovodrun", "-np", str(num_workers), "-H", hosts, "--gloo", *worker, "--horovod"]
 
 
-def read_prepared(folder: Path) -> dict[str, pd.DataFrame | None]:
-    """The strong-generalisation sets in ``folder`` (None for the validation sets where absent)."""
-    frames = {name: _read(folder / f"{name}.parquet") for name in SETS}
+def read_prepared(folder: str) -> dict[str, pd.DataFrame | None]:
+    """The strong-generalisation sets in ``folder`` (a path or URL; None for the validation sets where absent)."""
+    frames = {name: _read(storage.join(folder, f"{name}.parquet")) for name in SETS}
     missing = [n for n in ("train", "test_fold_in", "test") if frames[n] is None]
     if missing:
         raise EmptySplit(
@@ -59,8 +60,8 @@ def read_prepared(folder: Path) -> dict[str, pd.DataFrame | None]:
     return frames
 
 
-def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.exists() else None
+def _read(url: str) -> pd.DataFrame | None:
+    return storage.read_parquet(url) if storage.exists(url) else None
 
 
 def learning_curve(history: list[dict[str, float]], best_epoch: int | None) -> Figure:
@@ -178,7 +179,9 @@ def _atomic(path: Path, write: Any) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tasks.vae_cf_worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--prepared", type=Path, required=True, help="prepared strong-generalisation folder")
+    parser.add_argument(
+        "--prepared", required=True, help="prepared strong-generalisation folder (path or URL)"
+    )
     parser.add_argument("--output", type=Path, required=True, help="folder for results, model, figure")
     parser.add_argument("--params", default="{}", help="VAECFConfig fields as JSON, e.g. '{\"epochs\": 50}'")
     parser.add_argument("--horovod", action="store_true", help="one worker of a horovodrun job")
