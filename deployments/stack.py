@@ -42,7 +42,8 @@ class StackConfig:
     """Where the stack keeps its state, where its servers listen and what it deploys."""
 
     home: Path
-    storage: str | None = None  # the workers' MOVIELENS_BENCHMARK_HOME (shared folder or fsspec URL); default: home
+    # The workers' MOVIELENS_BENCHMARK_HOME (a shared folder or an fsspec URL); default: home.
+    storage: str | None = None
     prefect_host: str = "127.0.0.1"
     prefect_port: int = 4200
     mlflow_host: str = "127.0.0.1"
