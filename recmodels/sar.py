@@ -22,54 +22,71 @@ module reproduces item for item (tests/test_sar.py). From rows (user u, item i, 
    the half-life decay w(t) = min(1, 2^(−(T − t) / H)), H = ``time_decay_days`` in seconds and
    T = ``time_now`` (default: the latest timestamp in train; timestamps are Unix seconds).
    ``time_decay_days=None`` sets w = 1: the affinity is the summed rating.
-4. Scores R = A S, computed for ``block_size`` users at a time; items the user has seen are excluded
-   (``exclude_seen``), the ``k`` best are returned, ties to the lower item id.
+4. Scores R = A S; items the user has seen are excluded (``exclude_seen``), the ``k`` best are
+   returned, ties to the lower item id.
 5. ``normalize=True`` maps each user's scores onto the rating scale [r_min, r_max] of train:
    with N = W S, W_ui = Σ w(t) (the affinity of unit ratings), lo = r_min · min_i N_ui and
    hi = r_max · max_i N_ui, R'_ui = r_min + (R_ui − lo)(r_max − r_min) / (hi − lo). Unlike
    SARSingleNode, r_min and r_max are the raw ratings, not the time-decayed ones.
 
-S is stored sparse (CSR, float64): SARSingleNode's dense S would need 5.7 GB for 26k items. Scoring
-multiplies by a dense copy of S when it fits in ``DENSE_SIMILARITY_BYTES`` (≈5.8k items), which is
-faster for the dense S of MovieLens, and by the sparse S otherwise.
+Kernels. The steps run as numba kernels in float64 that do the same operations in the same order as
+the plain scipy/numpy definitions this module keeps as the documented math (``cooccurrence`` and
+``similarity_from_cooccurrence`` for steps 1-2; ``score_block``, ``normalize_scores``, then
+``base.mask_seen`` and ``base.top_k_dense`` for steps 4-5): tests/test_sar.py checks each kernel
+against them bit for bit, and the model against SARSingleNode.
+
+- ``similarity_columns`` builds S[:, c] dense, one item row r at a time: C[r, c] is counted from the
+  item lists of r's users into a per-thread counter, thresholded and turned into S[r, c] at once, so C
+  is never formed (Σ_u n_u² increments, n_u = u's items). At 26,744 items S is 5.7 GB; a sparse C,
+  99.85% dense, would add 8.6 GB. Items are dense from 0, so S is kept dense as in SARSingleNode:
+  n_items² × 8 bytes; past that, use the Dask shards.
+- ``top_k_items`` computes R = A S one tile of ``SCORE_TILE`` columns at a time: the tile S[:, tile] is
+  copied contiguous (≤ 14 MB, cache resident), and every user's tile of scores is summed from its
+  affinity row, normalised, its seen items skipped and the rest folded into the user's running top k.
+  Nothing of size users × items is formed: memory beyond S and the sparse inputs is users × k.
+- Both use every core (``prange`` over item rows, resp. blocks of ``block_size`` users); results do
+  not depend on the number of threads.
 
 Column shards. Every step above is column-separable: S[:, c] needs only C[:, c] = Bᵀ B[:, c] and the
 item counts d, the scores of items c are A S[:, c], and the top k of a user is the top k of the union of
 the per-shard top k (ordered by score, then item). ``similarity_columns``, ``unit_score_range``,
 ``top_k_items`` and ``merge_top_k`` compute a shard each; ``tasks/sar_dask.py`` runs them on a Dask
-cluster, one dense shard per worker. They do the same float64 operations in the same order as the
-single-node path (which is ``top_k_items`` over one shard), so both give the same items, order and
-scores.
+cluster, one dense shard per worker, each on the worker's threads (``with_threads``). The single node
+is one shard of all items, so both give the same items, order and scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numba import prange
 
 from recmodels._columns import ITEM, RATING, TIMESTAMP, USER, require_columns
 from recmodels.base import (
     IdIndex,
     interaction_matrix,
-    mask_seen,
     recommendations_frame,
     require_fitted,
     top_k_dense,
-    user_blocks,
 )
 from recmodels.errors import EmptySplit, InvalidConfig
 
 Similarity = Literal["jaccard", "lift", "cosine", "counts", "inclusion index"]
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 SECONDS_PER_DAY = 86_400
-DENSE_SIMILARITY_BYTES = 2**28
-SHARD_CHUNK_ELEMENTS = 2**22  # item rows × shard columns counted at once by ``similarity_columns``
-DENSE_USER_SHARE = 0.05  # users of more items are counted with BLAS (measured: cheaper above ≈ 6%)
+SCORE_TILE = (
+    64  # similarity columns scored at a time (measured on synthetic-1m: 16 → 1.6 s, 32 → 0.8, 64 → 0.7)
+)
+T = TypeVar("T")
+
+
+# --- the plain definitions (steps 1, 2, 4, 5), which the kernels below reproduce -----------------------
 
 
 def cooccurrence(seen: sp.csr_matrix) -> sp.csr_matrix:
@@ -91,43 +108,7 @@ def similarity_from_cooccurrence(
     return sp.csr_matrix((values, counts.indices, counts.indptr), shape=counts.shape)
 
 
-def similarity_columns(
-    seen: sp.csr_matrix,
-    columns: slice,
-    kind: Similarity = "jaccard",
-    support_threshold: int = 1,
-    chunk_elements: int = SHARD_CHUNK_ELEMENTS,
-) -> np.ndarray:
-    """The dense column shard S[:, columns] (items × shard width, float64) of ``seen``'s similarity.
-
-    Equal, entry for entry, to ``similarity_from_cooccurrence(cooccurrence(seen), ...)[:, columns]``
-    without forming C: C[r, columns] = B[:, r]ᵀ B[:, columns] is counted for chunks r of item rows
-    holding at most ``chunk_elements`` entries. Users with more than ``DENSE_USER_SHARE`` of the items
-    (21% of the users of synthetic-1m, 95% of its co-occurring pairs) are counted by a float32 matrix
-    product of their dense rows, exact below 2²⁴ such users; the others by a sparse product.
-    """
-    n_items = seen.shape[1]
-    binary = seen.astype(bool)
-    heavy = np.diff(binary.indptr) > DENSE_USER_SHARE * n_items
-    light = binary[~heavy].astype(np.int32)
-    light_by_item, light_shard = light.T.tocsr(), light[:, columns].tocsr()
-    dense = binary[heavy].astype(np.float32).toarray()  # ≤ 40 bytes per interaction
-    dense_shard = dense[:, columns]
-    # d = diag C before the threshold: > 0 for every item, so below-threshold zeros divide to 0.
-    users_per_item = np.bincount(binary.indices, minlength=n_items).astype(np.float64)
-    d_columns = users_per_item[None, columns]
-    out = np.empty((n_items, light_shard.shape[1]))
-    for rows in user_blocks(n_items, max(1, chunk_elements // max(1, light_shard.shape[1]))):
-        counts = (light_by_item[rows] @ light_shard).toarray().astype(np.float64)
-        counts += dense[:, rows].T @ dense_shard
-        counts[counts < support_threshold] = 0
-        _similarity(counts, users_per_item[rows, None], d_columns, kind, out=out[rows])
-    return out
-
-
-def _similarity(
-    c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str, out: np.ndarray | None = None
-) -> np.ndarray:
+def _similarity(c: np.ndarray, di: np.ndarray, dj: np.ndarray, kind: str) -> np.ndarray:
     """S_ij from C_ij and the item counts d_i, d_j (module docstring, step 2); d > 0 wherever C > 0."""
     match kind:
         case "counts":
@@ -142,7 +123,33 @@ def _similarity(
             denominator = np.minimum(di, dj)
         case _:
             raise InvalidConfig(f"similarity {kind!r} is unknown; use one of {SIMILARITIES}.")
-    return np.divide(c, denominator, out=out)
+    return np.divide(c, denominator)
+
+
+def score_block(affinity: sp.csr_matrix, similarity: sp.csr_matrix | np.ndarray) -> np.ndarray:
+    """Dense scores A S for a block of users' affinity rows."""
+    scores = affinity @ similarity
+    return scores.toarray() if sp.issparse(scores) else np.asarray(scores)
+
+
+def normalize_scores(
+    scores: np.ndarray, unit_min: np.ndarray, unit_max: np.ndarray, rating_min: float, rating_max: float
+) -> np.ndarray:
+    """Rescale each row of ``scores`` to [rating_min, rating_max] given the row's min and max of W S."""
+    lo, span = _normalize_terms(unit_min, unit_max, rating_min, rating_max)
+    return rating_min + (scores - lo[:, None]) * (rating_max - rating_min) / span[:, None]
+
+
+def _normalize_terms(
+    unit_min: np.ndarray, unit_max: np.ndarray, rating_min: float, rating_max: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, lo = r_min · min N and the span hi − lo (1 where hi ≤ lo) of step 5."""
+    lo = rating_min * unit_min
+    hi = rating_max * unit_max
+    return lo, np.where(hi > lo, hi - lo, 1.0)
+
+
+# --- the rest of fit ---------------------------------------------------------------------------------
 
 
 def decay_weights(timestamps: np.ndarray, time_now: float, half_life_days: float | None) -> np.ndarray:
@@ -162,20 +169,97 @@ def user_affinity(
     return interaction_matrix(interactions, users, items, values=values)
 
 
-def score_block(affinity: sp.csr_matrix, similarity: sp.csr_matrix | np.ndarray) -> np.ndarray:
-    """Dense scores A S for a block of users' affinity rows."""
-    scores = affinity @ similarity
-    return scores.toarray() if sp.issparse(scores) else np.asarray(scores)
+def pattern(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """Ones at the stored entries of ``matrix`` (the seen pairs B of an affinity matrix)."""
+    return sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr), shape=matrix.shape)
 
 
-def normalize_scores(
-    scores: np.ndarray, unit_min: np.ndarray, unit_max: np.ndarray, rating_min: float, rating_max: float
+# --- kernels: shards of S and of the top k -------------------------------------------------------------
+
+
+def similarity_columns(
+    seen: sp.csr_matrix, columns: slice, kind: Similarity = "jaccard", support_threshold: int = 1
 ) -> np.ndarray:
-    """Rescale each row of ``scores`` to [rating_min, rating_max] given the row's min and max of W S."""
-    lo = rating_min * unit_min[:, None]
-    hi = rating_max * unit_max[:, None]
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return rating_min + (scores - lo) * (rating_max - rating_min) / span
+    """The dense column shard S[:, columns] (items × shard width, float64) of ``seen``'s similarity.
+
+    Equal, bit for bit, to ``similarity_from_cooccurrence(cooccurrence(seen), ...)[:, columns]``,
+    without forming C (module docstring, "Kernels"); ``columns`` is a slice of consecutive items.
+    """
+    if kind not in SIMILARITIES:
+        raise InvalidConfig(f"similarity {kind!r} is unknown; use one of {SIMILARITIES}.")
+    seen = seen.tocsr()
+    if not seen.has_canonical_format:
+        seen = seen.copy()
+        seen.sum_duplicates()  # sorted item lists, each pair once
+    n_items = seen.shape[1]
+    start, stop, step = columns.indices(n_items)
+    if step != 1:
+        raise InvalidConfig(
+            f"similarity columns {columns} must be consecutive (step 1); pass slice(start, stop)."
+        )
+    by_item = seen.T.tocsr()  # the users of each item
+    users_per_item = np.bincount(seen.indices, minlength=n_items).astype(np.float64)
+    return _similarity_kernel(
+        seen.indptr,
+        seen.indices,
+        by_item.indptr,
+        by_item.indices,
+        users_per_item,
+        start,
+        max(start, stop),
+        SIMILARITIES.index(kind),
+        support_threshold,
+        numba.get_num_threads(),
+    )
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _similarity_value(c: float, di: float, dj: float, kind: int) -> float:
+    """``_similarity`` for one pair, ``kind`` its index in SIMILARITIES."""
+    if kind == 0:
+        return c / (di + dj - c)
+    if kind == 1:
+        return c / (di * dj)
+    if kind == 2:
+        return c / np.sqrt(di * dj)
+    if kind == 3:
+        return c / 1.0
+    return c / min(di, dj)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _similarity_kernel(
+    user_indptr: np.ndarray,
+    user_items: np.ndarray,
+    item_indptr: np.ndarray,
+    item_users: np.ndarray,
+    users_per_item: np.ndarray,
+    start: int,
+    stop: int,
+    kind: int,
+    support_threshold: int,
+    n_threads: int,
+) -> np.ndarray:
+    """S[:, start:stop] from the CSR item lists of users and user lists of items (``similarity_columns``)."""
+    n_users, n_items, width = len(user_indptr) - 1, len(item_indptr) - 1, stop - start
+    first, last = np.empty(n_users, np.int64), np.empty(n_users, np.int64)
+    for u in prange(n_users):  # each user's items in [start, stop): user_items[first[u]:last[u]]
+        items = user_items[user_indptr[u] : user_indptr[u + 1]]
+        first[u] = user_indptr[u] + np.searchsorted(items, start)
+        last[u] = user_indptr[u] + np.searchsorted(items, stop)
+    out = np.empty((n_items, width))
+    for thread in prange(n_threads):
+        counts = np.zeros(width, np.int64)
+        for r in range(thread, n_items, n_threads):  # interleaved rows: popular items spread evenly
+            for q in range(item_indptr[r], item_indptr[r + 1]):
+                u = item_users[q]
+                for p in range(first[u], last[u]):
+                    counts[user_items[p] - start] += 1
+            for j in range(width):
+                c = np.float64(counts[j]) if counts[j] >= support_threshold else 0.0
+                counts[j] = 0
+                out[r, j] = _similarity_value(c, users_per_item[r], users_per_item[start + j], kind)
+    return out
 
 
 @dataclass(frozen=True)
@@ -189,20 +273,18 @@ class ScoringInputs:
 
 
 def unit_score_range(
-    unit_affinity: sp.csr_matrix, similarity: sp.csr_matrix | np.ndarray, block_size: int = 1024
+    unit_affinity: sp.csr_matrix, similarity: np.ndarray, block_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's min and max of W S over the columns of ``similarity`` (all items or one shard)."""
-    lows, highs = [np.empty(0)], [np.empty(0)]
-    for block in user_blocks(unit_affinity.shape[0], block_size):
-        unit_scores = score_block(unit_affinity[block], similarity)
-        lows.append(unit_scores.min(axis=1))
-        highs.append(unit_scores.max(axis=1))
-    return np.concatenate(lows), np.concatenate(highs)
+    unit = unit_affinity.tocsr()
+    return _score_range_kernel(
+        unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
+    )
 
 
 def top_k_items(
     inputs: ScoringInputs,
-    similarity: sp.csr_matrix | np.ndarray,
+    similarity: np.ndarray,
     k: int,
     exclude_seen: bool = True,
     block_size: int = 1024,
@@ -211,26 +293,138 @@ def top_k_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item positions and scores of each user's ``k`` best items among the columns of ``similarity``.
 
-    ``similarity`` is S or its column shard starting at item ``first_item`` (positions returned are
-    global); ``block_size`` users are scored at a time. ``normalize`` = (unit_min, unit_max, r_min,
-    r_max) rescales scores as in step 5, with each user's W S range over all items (``unit_score_range``).
-    Positions of excluded items come back as -1 (see ``top_k_dense``).
+    ``similarity`` is S or its dense column shard starting at item ``first_item`` (positions returned
+    are global); threads take ``block_size`` users at a time. ``normalize`` = (unit_min, unit_max,
+    r_min, r_max) rescales scores as in step 5, with each user's W S range over all items
+    (``unit_score_range``). Equal, bit for bit, to ``top_k_dense`` of ``score_block`` (normalised by
+    ``normalize_scores``, seen items masked by ``mask_seen``): positions of excluded items are -1.
     """
-    k = check_k(k)
-    width = similarity.shape[1]
-    seen = inputs.seen[:, first_item : first_item + width]
-    positions, values = [np.empty((0, min(k, width)), np.int64)], [np.empty((0, min(k, width)))]
-    for block in user_blocks(len(inputs.user_ids), block_size):
-        scores = score_block(inputs.affinity[block], similarity)
-        if normalize is not None:
-            unit_min, unit_max, rating_min, rating_max = normalize
-            scores = normalize_scores(scores, unit_min[block], unit_max[block], rating_min, rating_max)
-        if exclude_seen:
-            mask_seen(scores, seen[block])
-        idx, val = top_k_dense(scores, k)
-        positions.append(np.where(idx >= 0, idx + first_item, -1))
-        values.append(val)
-    return np.concatenate(positions), np.concatenate(values)
+    k = min(check_k(k), similarity.shape[1])
+    affinity, seen = inputs.affinity.tocsr(), inputs.seen.tocsr()
+    if not seen.has_sorted_indices:
+        seen = seen.sorted_indices()
+    lo = span = np.empty(0)
+    rating_min = scale = 0.0
+    if normalize is not None:
+        unit_min, unit_max, rating_min, rating_max = normalize
+        lo, span = _normalize_terms(unit_min, unit_max, rating_min, rating_max)
+        scale = rating_max - rating_min
+    return _top_k_kernel(
+        affinity.indptr,
+        affinity.indices,
+        affinity.data,
+        np.ascontiguousarray(similarity, np.float64),
+        seen.indptr,
+        seen.indices,
+        first_item,
+        exclude_seen,
+        k,
+        lo,
+        span,
+        rating_min,
+        scale,
+        block_size,
+    )
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _copy_tile(similarity: np.ndarray, start: int, tile: np.ndarray) -> int:
+    """Copy similarity[:, start:start + SCORE_TILE] into the front of ``tile``; return its width."""
+    width = min(SCORE_TILE, similarity.shape[1] - start)
+    for i in prange(similarity.shape[0]):
+        tile[i, :width] = similarity[i, start : start + width]
+    return width
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _score_tile(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, tile: np.ndarray, u: int, scores: np.ndarray
+) -> None:
+    """scores = A[u] S[:, tile], summed over u's affinity entries in order as scipy's CSR × dense."""
+    scores[:] = 0.0
+    for p in range(indptr[u], indptr[u + 1]):
+        a, row = data[p], tile[indices[p]]
+        for j in range(SCORE_TILE):
+            scores[j] += a * row[j]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _score_range_kernel(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, similarity: np.ndarray, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's min and max of A S (``unit_score_range``)."""
+    n_users = len(indptr) - 1
+    low, high = np.full(n_users, np.inf), np.full(n_users, -np.inf)
+    tile = np.zeros((similarity.shape[0], SCORE_TILE))
+    for start in range(0, similarity.shape[1], SCORE_TILE):
+        width = _copy_tile(similarity, start, tile)
+        for block in prange((n_users + block_size - 1) // block_size):
+            scores = np.empty(SCORE_TILE)
+            for u in range(block * block_size, min(block * block_size + block_size, n_users)):
+                _score_tile(indptr, indices, data, tile, u, scores)
+                low[u] = min(low[u], scores[:width].min())
+                high[u] = max(high[u], scores[:width].max())
+    return low, high
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _top_k_kernel(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    similarity: np.ndarray,
+    seen_indptr: np.ndarray,
+    seen_items: np.ndarray,
+    first_item: int,
+    exclude_seen: bool,
+    k: int,
+    lo: np.ndarray,
+    span: np.ndarray,
+    rating_min: float,
+    scale: float,
+    block_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_items``: each row's k best of A S (normalised if ``lo`` is not empty), best first."""
+    n_users = len(indptr) - 1
+    positions, values = np.full((n_users, k), -1, np.int64), np.full((n_users, k), -np.inf)
+    next_seen = seen_indptr[:-1].astype(np.int64)  # per user: first seen entry not yet passed
+    tile = np.zeros((similarity.shape[0], SCORE_TILE))
+    for start in range(0, similarity.shape[1], SCORE_TILE):
+        width = _copy_tile(similarity, start, tile)
+        for block in prange((n_users + block_size - 1) // block_size):
+            scores = np.empty(SCORE_TILE)
+            for u in range(block * block_size, min(block * block_size + block_size, n_users)):
+                _score_tile(indptr, indices, data, tile, u, scores)
+                best, where = values[u], positions[u]
+                s, end = next_seen[u], seen_indptr[u + 1]
+                for j in range(width):
+                    item = first_item + start + j
+                    if exclude_seen:
+                        while s < end and seen_items[s] < item:
+                            s += 1
+                        if s < end and seen_items[s] == item:
+                            continue
+                    x = scores[j]
+                    if len(lo):
+                        x = rating_min + (x - lo[u]) * scale / span[u]
+                    if x > best[k - 1]:  # ties keep the lower item, met first
+                        m = k - 1
+                        while m > 0 and x > best[m - 1]:
+                            best[m], where[m] = best[m - 1], where[m - 1]
+                            m -= 1
+                        best[m], where[m] = x, item
+                next_seen[u] = s
+    return positions, values
+
+
+def with_threads(threads: int, function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` with the kernels on at most ``threads`` threads (a Dask worker's share)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return function(*args)
+    finally:
+        numba.set_num_threads(before)
 
 
 def merge_top_k(shards: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +441,8 @@ class SAR:
 
     Fitted attributes: ``users_`` and ``items_`` (raw id ⇄ row/column), ``seen_`` (users × items, the
     non-zeros are the seen pairs), ``affinity_`` (A), ``unit_affinity_`` (W, only with ``normalize``),
-    ``similarity_`` (S, items × items CSR), ``time_now_`` (None without decay) and ``rating_range_``.
+    ``similarity_`` (S, items × items dense float64), ``time_now_`` (None without decay) and
+    ``rating_range_``. ``block_size`` is the number of users a thread scores at a time.
     """
 
     similarity: Similarity = "jaccard"
@@ -262,7 +457,7 @@ class SAR:
     seen_: sp.csr_matrix = field(init=False, repr=False)
     affinity_: sp.csr_matrix = field(init=False, repr=False)
     unit_affinity_: sp.csr_matrix | None = field(init=False, repr=False)
-    similarity_: sp.csr_matrix = field(init=False, repr=False)
+    similarity_: np.ndarray = field(init=False, repr=False)
     time_now_: float | None = field(init=False, repr=False)
     rating_range_: tuple[float, float] = field(init=False, repr=False)
 
@@ -291,9 +486,8 @@ class SAR:
     def fit(self, train: pd.DataFrame) -> SAR:
         """Learn item similarity and user affinity from user_id, item_id, rating[, timestamp] rows."""
         self.fit_affinity(train)
-        self.similarity_ = similarity_from_cooccurrence(
-            cooccurrence(self.seen_), self.similarity, self.support_threshold
-        )
+        columns = slice(0, len(self.items_))
+        self.similarity_ = similarity_columns(self.seen_, columns, self.similarity, self.support_threshold)
         return self
 
     def fit_affinity(self, train: pd.DataFrame) -> SAR:
@@ -308,9 +502,9 @@ class SAR:
             self.time_now_ = float(train[TIMESTAMP].max() if self.time_now is None else self.time_now)
         ratings = train[RATING]
         self.rating_range_ = (float(ratings.min()), float(ratings.max()))
-        self.seen_ = interaction_matrix(train, self.users_, self.items_)
         weights = self._weights(train)
         self.affinity_ = user_affinity(train, self.users_, self.items_, weights)
+        self.seen_ = pattern(self.affinity_)
         self.unit_affinity_ = (
             interaction_matrix(train, self.users_, self.items_, values=weights) if self.normalize else None
         )
@@ -360,7 +554,7 @@ class SAR:
         weights = self._weights(history)
         affinity = user_affinity(history, users, self.items_, weights)
         unit = interaction_matrix(history, users, self.items_, values=weights) if self.normalize else None
-        return ScoringInputs(users.ids, affinity, unit, interaction_matrix(history, users, self.items_))
+        return ScoringInputs(users.ids, affinity, unit, pattern(affinity))
 
     def similar_items(self, items: Iterable[int], k: int = 10) -> pd.DataFrame:
         """The ``k`` items most similar to each of ``items``: DataFrame(item_id, similar_item_id, score, rank).
@@ -371,7 +565,7 @@ class SAR:
         item_ids = pd.unique(np.asarray(list(items), dtype=self.items_.ids.dtype))
         rows = self.items_.positions(item_ids)
         rows = rows[rows >= 0]
-        scores = self.similarity_[rows].toarray()
+        scores = self.similarity_[rows]
         scores[scores == 0] = -np.inf
         scores[np.arange(len(rows)), rows] = -np.inf
         idx, val = top_k_dense(scores, check_k(k))
@@ -379,9 +573,7 @@ class SAR:
         return frame.rename(columns={ITEM: "similar_item_id", USER: ITEM})
 
     def _top_k(self, inputs: ScoringInputs, k: int, exclude_seen: bool) -> pd.DataFrame:
-        n_items = len(self.items_)
-        dense = n_items * n_items * 8 <= DENSE_SIMILARITY_BYTES
-        similarity = self.similarity_.toarray() if dense else self.similarity_
+        similarity = self.similarity_
         normalize = None
         if inputs.unit_affinity is not None:
             unit_range = unit_score_range(inputs.unit_affinity, similarity, self.block_size)

@@ -7,12 +7,16 @@ score matrix:
 
 1. ``sar-dask-fit``: the flow's process reads train and builds the sparse users × items matrices B
    (seen), A (affinity) and W (unit affinity) with :meth:`SAR.fit_affinity`; B goes to every worker
-   (O(interactions)). S is cut into one column shard S[:, c] per worker, built where it stays:
-   C[:, c] = Bᵀ B[:, c] counted in chunks of item rows, then S[:, c] (``similarity_columns``).
+   (O(interactions)). S is cut into one column shard S[:, c] per worker, built where it stays by the
+   single node's kernel (``similarity_columns``: C[r, c] counted one item row r at a time).
 2. ``sar-dask-recommend``: the rows of the users to score go to every worker; with ``normalize``, each
    shard first returns every user's min and max of W S and the flow reduces them. Each shard scores
-   blocks of ``block_size`` users, A_b S[:, c], masks seen items and keeps each user's k best; the flow
-   merges the shards' lists into the top k (``merge_top_k``: by score, ties to the lower item id).
+   A S[:, c] tile by tile with the single node's kernel (``top_k_items``), skips seen items and keeps
+   each user's k best; the flow merges the shards' lists into the top k (``merge_top_k``: by score,
+   ties to the lower item id).
+
+Each shard's kernels run on as many threads as its worker has (``with_threads``): one per worker in the
+default LocalCluster, so two workers do not oversubscribe two cores.
 
 Why shards of items rather than user partitions summed across workers: on synthetic-20m (ML-20M's
 shape) C has 714M non-zeros, 99.85% dense, so one user partition's partial counts are about as large
@@ -20,8 +24,8 @@ as C (5.7 GB dense): summing P of them across workers moves and holds P copies. 
 over all users where the shard lives moves only B (about 180 MB) to each worker.
 
 Memory per worker: its shard, n_items² × 8 / n_workers bytes (2.9 GB for 26,744 items on 2 workers),
-plus B, A and W (O(interactions)), plus one block of scores (block_size × n_items / n_workers × 8
-bytes): flat in the number of users. ``peak_rss_plugin`` samples each worker's resident memory.
+plus B, A and W (O(interactions)), plus a tile of S[:, c] (n_items × 64 × 8 bytes) and the users × k
+results: flat in the number of users but for the O(users × k) lists. ``peak_rss_plugin`` samples each worker's resident memory.
 
 Prefect and Dask: prefect-dask's ``DaskTaskRunner`` starts the LocalCluster or attaches to the
 scheduler, and the two Prefect tasks run in the flow's process, submitting the shard work as plain
@@ -62,6 +66,7 @@ from recmodels.sar import (
     similarity_columns,
     top_k_items,
     unit_score_range,
+    with_threads,
 )
 
 
@@ -77,11 +82,13 @@ class SARDaskResult:
 
 @dataclass(frozen=True)
 class Shard:
-    """Items [start, stop) of the similarity, held as S[:, start:stop] by ``worker`` (``similarity``)."""
+    """Items [start, stop) of the similarity, held as S[:, start:stop] by ``worker`` (``similarity``),
+    which runs its kernels on ``threads`` threads."""
 
     start: int
     stop: int
     worker: str
+    threads: int
     similarity: distributed.Future
 
 
@@ -127,8 +134,8 @@ def worker_peak_rss_mb(client: distributed.Client) -> dict[str, float]:
 def dask_task_runner(dask_address: str | None = None, n_workers: int | None = None) -> DaskTaskRunner:
     """Attach to the scheduler at ``dask_address``, or start a LocalCluster of ``n_workers`` processes.
 
-    The LocalCluster has one single-threaded worker per core by default (SAR's sparse kernels are
-    single-threaded) and shares the machine's memory between them.
+    The LocalCluster has one single-threaded worker per core by default (each worker's SAR kernels
+    then run on one thread) and shares the machine's memory between them.
     """
     if dask_address is not None:
         if n_workers is not None:
@@ -156,9 +163,12 @@ def column_shards(n_items: int, n_shards: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def _submit_to(client: distributed.Client, worker: str, function: Any, *args: Any) -> distributed.Future:
-    """``function(*args)`` on ``worker``, which holds the shard it needs (elsewhere only if it is gone)."""
-    return client.submit(function, *args, workers=[worker], allow_other_workers=True)
+def _submit_to(
+    client: distributed.Client, worker: str, threads: int, function: Any, *args: Any
+) -> distributed.Future:
+    """``function(*args)`` on ``threads`` threads of ``worker``, which holds the shard it needs
+    (elsewhere only if it is gone)."""
+    return client.submit(with_threads, threads, function, *args, workers=[worker], allow_other_workers=True)
 
 
 def _wait(client: distributed.Client, futures: list[distributed.Future]) -> None:
@@ -177,7 +187,7 @@ def fit_shards(
     """``SAR(**params)``'s ids and affinities here, its similarity in one column shard per worker."""
     model = SAR(**params).fit_affinity(pd.read_parquet(train_path))
     client.wait_for_workers(1)
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = client.scheduler_info()["workers"]
     seen = client.scatter(model.seen_, broadcast=True, hash=False)
     columns = column_shards(len(model.items_), len(workers))
     shards = [
@@ -185,9 +195,11 @@ def fit_shards(
             start,
             stop,
             worker,
+            workers[worker]["nthreads"],
             _submit_to(
                 client,
                 worker,
+                workers[worker]["nthreads"],
                 similarity_columns,
                 seen,
                 slice(start, stop),
@@ -195,7 +207,7 @@ def fit_shards(
                 model.support_threshold,
             ),
         )
-        for worker, (start, stop) in zip(workers, columns, strict=False)
+        for worker, (start, stop) in zip(sorted(workers), columns, strict=False)
     ]
     _wait(client, [s.similarity for s in shards])
     return model, shards
@@ -218,7 +230,10 @@ def recommend_shards(
     if inputs.unit_affinity is not None:
         unit = client.scatter(inputs.unit_affinity, broadcast=True, hash=False)
         ranges = client.gather(
-            [_submit_to(client, s.worker, unit_score_range, unit, s.similarity, block_size) for s in shards]
+            [
+                _submit_to(client, s.worker, s.threads, unit_score_range, unit, s.similarity, block_size)
+                for s in shards
+            ]
         )
         low = np.minimum.reduce([low for low, _ in ranges])
         high = np.maximum.reduce([high for _, high in ranges])
@@ -228,6 +243,7 @@ def recommend_shards(
             _submit_to(
                 client,
                 s.worker,
+                s.threads,
                 top_k_items,
                 rows,
                 s.similarity,

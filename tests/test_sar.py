@@ -24,12 +24,14 @@ import os
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import pytest
 
 from recmodels import metrics, sar
 from recmodels._columns import ITEM, RATING, TIMESTAMP, USER
+from recmodels.base import mask_seen, top_k_dense
 from recmodels.errors import EmptySplit, InvalidConfig, MissingColumns, NotFitted
 from recmodels.popularity import Popularity
 from recmodels.preprocessing import Split, split_stratified
@@ -70,7 +72,7 @@ def test_jaccard_similarity_and_scores_without_decay():
     model = SAR(time_decay_days=None).fit(TINY)
     third, half = 1 / 3, 1 / 2
     expected_s = [[1, third, third, 0], [third, 1, third, half], [third, third, 1, half], [0, half, half, 1]]
-    np.testing.assert_allclose(model.similarity_.toarray(), expected_s, rtol=1e-12)
+    np.testing.assert_allclose(model.similarity_, expected_s, rtol=1e-12)
     np.testing.assert_allclose(model.affinity_.toarray(), [[5, 3, 0, 0], [4, 0, 2, 0], [0, 1, 5, 2]])
     recs = model.recommend(k=10)
     assert_lists(recs, {1: [(30, 8 / 3), (40, 1.5)], 2: [(20, 2.0), (40, 1.0)], 3: [(10, 2.0)]})
@@ -130,7 +132,7 @@ def test_normalize_maps_scores_to_the_rating_scale():
 def test_support_threshold_drops_rare_pairs():
     # Threshold 2 keeps only C_10,10 = C_20,20 = C_30,30 = 2: S = diag(1, 1, 1, 0).
     model = SAR(time_decay_days=None, support_threshold=2).fit(TINY)
-    np.testing.assert_allclose(model.similarity_.toarray(), np.diag([1.0, 1, 1, 0]))
+    np.testing.assert_allclose(model.similarity_, np.diag([1.0, 1, 1, 0]))
     assert_lists(model.recommend([1], exclude_seen=False), {1: [(10, 5.0), (20, 3.0), (30, 0.0), (40, 0.0)]})
 
 
@@ -145,9 +147,7 @@ def test_duplicate_rows_add_affinity_but_not_cooccurrence():
     # so item 30 = (5 + 6)/3 = 11/3 and item 40 = 6/2 = 3.
     train = pd.concat([TINY, TINY.iloc[[1]]], ignore_index=True)
     model = SAR(time_decay_days=None).fit(train)
-    np.testing.assert_allclose(
-        model.similarity_.toarray(), SAR(time_decay_days=None).fit(TINY).similarity_.toarray()
-    )
+    np.testing.assert_allclose(model.similarity_, SAR(time_decay_days=None).fit(TINY).similarity_)
     assert_lists(model.recommend([1]), {1: [(30, 11 / 3), (40, 3.0)]})
 
 
@@ -216,6 +216,14 @@ def test_invalid_config(params, message):
         SAR(**params)
 
 
+def test_similarity_columns_errors():
+    seen = SAR().fit(TINY).seen_
+    with pytest.raises(InvalidConfig, match=r"must be consecutive \(step 1\); pass slice\(start, stop\)"):
+        sar.similarity_columns(seen, slice(0, 4, 2))
+    with pytest.raises(InvalidConfig, match="similarity 'pearson' is unknown"):
+        sar.similarity_columns(seen, slice(0, 4), "pearson")
+
+
 def test_bad_k_and_empty_train():
     with pytest.raises(InvalidConfig, match="k=0 must be >= 1"):
         SAR().fit(TINY).recommend(k=0)
@@ -231,14 +239,63 @@ def test_blocks_do_not_change_results():
     pd.testing.assert_frame_equal(whole, blocked)
 
 
-def test_sparse_and_dense_similarity_give_the_same_lists(monkeypatch):
-    train = random_interactions(np.random.default_rng(5), n_users=40, n_items=30)
-    exact = SAR(similarity="counts", time_decay_days=None).fit(train)  # integer scores: exact ties
-    normalized = SAR(normalize=True).fit(train)
-    dense = exact.recommend(k=8), normalized.recommend(k=8)
-    monkeypatch.setattr(sar, "DENSE_SIMILARITY_BYTES", 0)
-    pd.testing.assert_frame_equal(exact.recommend(k=8), dense[0])
-    pd.testing.assert_frame_equal(normalized.recommend(k=8), dense[1], check_exact=False, rtol=1e-12)
+# --- the kernels against the plain scipy/numpy definitions ----------------------------------------------
+
+
+def reference_top_k(inputs, similarity, k, exclude_seen, first_item, normalize):
+    """Steps 4-5 as written in the module docstring: A S, normalised, seen masked, top k (base.top_k_dense)."""
+    scores = sar.score_block(inputs.affinity, similarity)
+    if normalize is not None:
+        scores = sar.normalize_scores(scores, *normalize)
+    if exclude_seen:
+        mask_seen(scores, inputs.seen[:, first_item : first_item + similarity.shape[1]])
+    idx, val = top_k_dense(scores, k)
+    return np.where(idx >= 0, idx + first_item, -1), val
+
+
+@pytest.mark.parametrize("kind", sar.SIMILARITIES)
+@pytest.mark.parametrize("threshold", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_similarity_kernel_equals_the_definition(kind, threshold, threads):
+    seen = SAR().fit(random_interactions(np.random.default_rng(11), n_users=300, n_items=150)).seen_
+    plain = sar.similarity_from_cooccurrence(sar.cooccurrence(seen), kind, threshold).toarray()
+    for start, stop in [(0, 150), (0, 1), (37, 101), (149, 150)]:
+        shard = sar.with_threads(threads, sar.similarity_columns, seen, slice(start, stop), kind, threshold)
+        np.testing.assert_array_equal(shard, plain[:, start:stop])  # bit for bit
+    assert 0 < (plain > 0).mean() < 1  # zeros (below threshold or never together) and pairs
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"similarity": "counts", "time_decay_days": None}, {"normalize": True}]
+)
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("k", [1, 7, 200])
+def test_top_k_kernel_equals_the_definition(params, exclude_seen, k):
+    # 150 items: three score tiles of 64, the last one partial; k = 200 > items returns every item.
+    model = SAR(**params).fit(random_interactions(np.random.default_rng(13), n_users=300, n_items=150))
+    inputs = model.scoring_inputs()
+    unit = None
+    if model.normalize:
+        unit = sar.unit_score_range(inputs.unit_affinity, model.similarity_, block_size=16)
+        scores = sar.score_block(inputs.unit_affinity, model.similarity_)
+        np.testing.assert_array_equal(unit[0], scores.min(axis=1))
+        np.testing.assert_array_equal(unit[1], scores.max(axis=1))
+    for first, stop in [(0, 150), (10, 140)]:  # all items, and a shard
+        shard = np.ascontiguousarray(model.similarity_[:, first:stop])
+        normalize = None if unit is None else (*unit, *model.rating_range_)
+        expected = reference_top_k(inputs, shard, k, exclude_seen, first, normalize)
+        for threads, block_size in [(1, 1024), (2, 7)]:
+            got = sar.with_threads(
+                threads, sar.top_k_items, inputs, shard, k, exclude_seen, block_size, first, normalize
+            )
+            np.testing.assert_array_equal(got[0], expected[0])  # same items, same order
+            np.testing.assert_array_equal(got[1], expected[1])  # bit-identical scores
+
+
+def test_with_threads_restores_the_thread_count():
+    before = numba.get_num_threads()
+    assert sar.with_threads(1, numba.get_num_threads) == 1
+    assert numba.get_num_threads() == before
 
 
 # --- Recommenders' SARSingleNode -----------------------------------------------------------------------

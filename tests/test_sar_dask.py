@@ -49,13 +49,13 @@ def synthetic() -> pd.DataFrame:
     return generate_synthetic(500, 600, 15_000, seed=3)  # 22% of the users hold > 5% of the items
 
 
-def sharded_recommend(model: SAR, n_shards: int, k: int, chunk_elements: int = 1000) -> pd.DataFrame:
-    """What sar-dask computes, without Dask: every shard's top k, merged."""
+def sharded_recommend(model: SAR, n_shards: int, k: int) -> pd.DataFrame:
+    """What sar-dask computes, without Dask, on one thread per shard: every shard's top k, merged."""
     inputs = model.scoring_inputs()
     shards = column_shards(len(model.items_), n_shards)
     similarity = [
-        sar.similarity_columns(
-            model.seen_, slice(*c), model.similarity, model.support_threshold, chunk_elements
+        sar.with_threads(
+            1, sar.similarity_columns, model.seen_, slice(*c), model.similarity, model.support_threshold
         )
         for c in shards
     ]
@@ -65,7 +65,7 @@ def sharded_recommend(model: SAR, n_shards: int, k: int, chunk_elements: int = 1
         low, high = np.minimum.reduce([r[0] for r in ranges]), np.maximum.reduce([r[1] for r in ranges])
         normalize = (low, high, *model.rating_range_)
     tops = [
-        sar.top_k_items(inputs, s, k, block_size=64, first_item=c[0], normalize=normalize)
+        sar.with_threads(1, sar.top_k_items, inputs, s, k, True, 64, c[0], normalize)
         for s, c in zip(similarity, shards, strict=True)
     ]
     return recommendations_frame(inputs.user_ids, *sar.merge_top_k(tops, k), model.items_)
@@ -78,11 +78,10 @@ def sharded_recommend(model: SAR, n_shards: int, k: int, chunk_elements: int = 1
 @pytest.mark.parametrize("threshold", [1, 4])
 def test_similarity_columns_equal_the_sparse_similarity(synthetic, kind, threshold):
     model = SAR(similarity=kind, support_threshold=threshold).fit(synthetic)
-    heavy = np.diff(model.seen_.indptr) > sar.DENSE_USER_SHARE * len(model.items_)
-    assert heavy.any() and not heavy.all()  # both the dense and the sparse counting
-    full = model.similarity_.toarray()
-    for start, stop in [(0, 600), (0, 1), (37, 301), (599, 600)]:
-        shard = sar.similarity_columns(model.seen_, slice(start, stop), kind, threshold, chunk_elements=500)
+    full = sar.similarity_from_cooccurrence(sar.cooccurrence(model.seen_), kind, threshold).toarray()
+    np.testing.assert_array_equal(model.similarity_, full)
+    for start, stop in [(0, 1), (37, 301), (599, 600)]:
+        shard = sar.similarity_columns(model.seen_, slice(start, stop), kind, threshold)
         np.testing.assert_array_equal(shard, full[:, start:stop])
 
 
@@ -105,12 +104,10 @@ def test_column_shards_cover_the_items_once():
 
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("n_shards", [1, 3])
-def test_shards_equal_single_node_dense_and_sparse(synthetic, monkeypatch, params, n_shards):
-    model = SAR(**params).fit(synthetic)
+def test_shards_equal_single_node(synthetic, params, n_shards):
+    model = SAR(**params).fit(synthetic)  # on every core, 1,024 users per thread
     expected = model.recommend(k=7)
     pd.testing.assert_frame_equal(sharded_recommend(model, n_shards, k=7), expected, check_exact=True)
-    monkeypatch.setattr(sar, "DENSE_SIMILARITY_BYTES", 0)  # the single node scores with sparse S
-    pd.testing.assert_frame_equal(model.recommend(k=7), expected, check_exact=True)
 
 
 # --- the sar-dask subflow on real clusters -----------------------------------------------------------------
