@@ -30,3 +30,27 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> Iterator[str]:
+    """``s3://<bucket>`` on a real S3-compatible server on 127.0.0.1 (moto's server mode, the dev extra),
+    reached through s3fs (the s3 extra) configured as users configure any endpoint: ``AWS_ENDPOINT_URL_S3``
+    and credentials in the environment, which processes started later (workers) inherit."""
+    pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
+    server_module = pytest.importorskip("moto.server", reason="the dev extra: pip install -e '.[dev]'")
+    import s3fs
+
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
+        patch.setenv("AWS_ACCESS_KEY_ID", "benchmark")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "benchmark")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        s3fs.S3FileSystem.clear_instance_cache()  # instances made before the endpoint was set
+        s3fs.S3FileSystem().mkdir("movielens-benchmark-test")
+        yield "s3://movielens-benchmark-test"
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

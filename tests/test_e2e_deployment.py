@@ -5,7 +5,8 @@ pool on free loopback ports in a temporary home and registers ``deployments/pref
 ``prefect deployment run movielens-benchmark/cpu -p size=100k --watch`` must reach Completed with its
 runs in MLflow, SAR beating popularity at the published ML-100K figures; a rerun with other models must
 reuse the prepared data; with ``gpu=pool`` a GPU model must run as a ``movielens-benchmark/gpu`` child
-flow run on the ``gpu`` worker, logging under the same MLflow parent run; the sweep deployment must run
+flow run on the ``gpu`` worker, logging under the same MLflow parent run, also with the data home on
+S3 (a local S3 server), where the GPU child reads what the CPU run prepared; the sweep deployment must run
 each size as a ``movielens-benchmark/cpu`` child and link their MLflow runs; the Prefect UI must serve
 the flow run's page, and headless Chromium (where installed) must render the run there. The GPU pool templates must be accepted by the server and render
 to the GPU requests Docker and Kubernetes expect.
@@ -31,6 +32,7 @@ from prefect.utilities.templating import apply_values
 
 from deployments.stack import PROJECT_ROOT, StackConfig, stack_down, stack_env, stack_status, stack_up
 from recmodels.errors import StackFailed
+from tasks import storage
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +47,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> Iterator[StackConfig]:
+def stack(tmp_path_factory: pytest.TempPathFactory, mirror: Path, s3_bucket: str) -> Iterator[StackConfig]:
+    """The stack on loopback; its workers inherit the S3 endpoint of ``s3_bucket`` for URL homes."""
     config = StackConfig(
         home=tmp_path_factory.mktemp("stack-home"),
         prefect_port=free_port(),
@@ -201,6 +204,31 @@ def test_gpu_models_run_as_a_gpu_deployment_child(stack: StackConfig, first_run:
     assert sorted(row["model"] for row in rows) == ["implicit_mf", "popularity"]
     for row in rows:
         assert row["ndcg_at_10"] == round(by_model[row["model"]].data.metrics["ndcg_at_10"], 4)
+
+
+def test_cpu_and_gpu_runs_share_prepared_data_through_an_s3_home(stack: StackConfig, s3_bucket: str) -> None:
+    home = f"{s3_bucket}/e2e-home"
+    flow_run_id, _ = deployment_run(
+        stack,
+        "size=100k",
+        'models=["popularity", "implicit_mf"]',
+        "gpu=pool",
+        f'home="{home}"',
+        'model_params={"implicit_mf": {"n_iter": 1, "batch_size": 4096}}',
+    )
+    assert {"download", "parse", "write-prepared"} <= task_names(stack, flow_run_id)
+    (child,) = child_flow_runs(stack, flow_run_id)
+    assert child["state"]["type"] == "COMPLETED" and child["parameters"]["home"] == home
+    # The GPU worker found the data the CPU worker prepared, on S3, and prepared nothing itself.
+    assert "cache hit: prepared data" in log_text(stack, child["id"])
+    assert task_names(stack, child["id"]) == {"train-evaluate"}
+    fs, path = storage.filesystem(home)
+    (prepared,) = fs.ls(f"{path}/prepared")
+    assert fs.exists(f"{prepared}/manifest.json")
+    runs = fs.ls(f"{path}/runs")
+    assert {p.rsplit("/", 1)[1] for p in runs} == {flow_run_id, child["id"]}
+    rows = json.loads(artifact_data(stack, flow_run_id, "movielens-benchmark-results"))
+    assert sorted(row["model"] for row in rows) == ["implicit_mf", "popularity"]
 
 
 def test_sweep_deployment_runs_each_size_as_a_cpu_child(stack: StackConfig, first_run: str) -> None:

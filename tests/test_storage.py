@@ -1,7 +1,6 @@
 """The benchmark home as a local folder or an fsspec URL (``tasks/storage.py``, ``tasks/prepared.py``).
 
-S3 runs against a real S3-compatible server on 127.0.0.1 (moto's server mode, the ``dev`` extra) through
-s3fs (the ``s3`` extra), configured as a user would configure any S3 endpoint: ``AWS_ENDPOINT_URL_S3``.
+S3 runs against a real S3-compatible server on 127.0.0.1 (conftest's ``s3_bucket``).
 """
 
 from __future__ import annotations
@@ -24,32 +23,15 @@ from recmodels.preprocessing import Split
 from tasks import storage
 from tasks.prepared import MANIFEST, load_prepared, prepared_folder, write_prepared
 
-BUCKET = "movielens-benchmark-test"
-
 
 @pytest.fixture(scope="module")
-def s3_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``s3://<bucket>/home`` on an S3 server on loopback; the local cache in a temporary folder."""
-    pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
-    server_module = pytest.importorskip("moto.server", reason="the dev extra: pip install -e '.[dev]'")
-    import s3fs
-
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def s3_home(s3_bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``s3://<bucket>/home``; the local cache in a temporary folder."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
-        patch.setenv("AWS_ACCESS_KEY_ID", "benchmark")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "benchmark")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         patch.delenv("MOVIELENS_BENCHMARK_HOME", raising=False)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()  # instances made before the endpoint was set
-        s3fs.S3FileSystem().mkdir(BUCKET)
-        yield f"s3://{BUCKET}/home"
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
+        yield storage.join(s3_bucket, "home")
 
 
 @pytest.fixture(params=["local", "s3"])
