@@ -95,22 +95,19 @@ class BilinearNet(torch.nn.Module if torch is not None else object):
 
 
 def pairwise_loss(loss: Loss, difference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch-mean bpr, hinge or adaptive hinge loss of x = ŷ(u,j) − ŷ(u,i) and its derivative γ = ∂loss/∂x."""
-    n = len(difference)
+    """Bpr, hinge or adaptive hinge loss of each x = ŷ(u,j) − ŷ(u,i) and γ = ∂(batch mean)/∂x."""
     if loss == "bpr":
         miss = torch.sigmoid(difference)  # 1 − σ(ŷ(u,i) − ŷ(u,j))
-        return miss.mean(), miss.sub(1).mul_(miss).div_(-n)
+        return miss, torch.ops.aten.sigmoid_backward(miss.new_full((), 1 / len(miss)), miss)
     margin = difference + 1  # torch.clamp passes the gradient at 0
-    return margin.clamp(min=0).mean(), margin.ge(0).to(margin.dtype).div_(n)
+    return margin.clamp(min=0), margin.ge(0).to(margin.dtype).div_(len(margin))
 
 
 def pointwise_loss(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch-mean pointwise loss of ``scores`` [ŷ(u,i); ŷ(u,j)] (2 × B) and its derivatives [α; β]."""
-    n = scores.shape[1]
+    """Pointwise loss of each column of ``scores`` [ŷ(u,i); ŷ(u,j)] (2 × B), and [α; β] of the batch mean."""
     sigmoid = torch.sigmoid(scores)
-    derivative = sigmoid.sub(1).mul_(sigmoid).div_(n)  # σ' = σ(1 − σ), with the positive's sign
-    derivative[1].neg_()
-    return (sigmoid[1] - sigmoid[0]).mean().add_(1), derivative
+    sign = sigmoid.new_tensor([[-1.0], [1.0]]) / scores.shape[1]
+    return (sigmoid[1] - sigmoid[0]).add_(1), torch.ops.aten.sigmoid_backward(sign, sigmoid)
 
 
 def minibatch_gradient(
@@ -120,23 +117,25 @@ def minibatch_gradient(
     loss: Loss,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Mean loss of one minibatch; its dense gradient with respect to the table ``weight`` goes to ``grad``.
+    """Loss of each positive of one minibatch; the gradient of their mean with respect to ``weight`` goes to ``grad``.
 
     ``index`` (contiguous) holds rows of ``weight``, shape (2 + n) × B: the users, their positive items,
     then n rows of negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the
     precision of the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
     """
-    rows = weight.index_select(0, index.view(-1)).to(compute_dtype or weight.dtype).view(*index.shape, -1)
+    rows = weight.index_select(0, index.view(-1)).view(*index.shape, -1)
+    if compute_dtype is not None:
+        rows = rows.to(compute_dtype)
     step = _pointwise_rows if loss == "pointwise" else _pairwise_rows
-    value, grad_rows, grad_index = step(loss, rows, index)
+    losses, grad_rows, grad_index = step(loss, rows, index)
     grad.zero_().index_add_(0, grad_index, grad_rows.view(len(grad_index), -1).to(grad.dtype))
-    return value.to(grad.dtype)
+    return losses
 
 
 def _pairwise_rows(
     loss: Loss, rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch (gathered ``rows``)."""
+    """Losses, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch (``rows`` gathered)."""
     user, positive, negatives = rows[0], rows[1], rows[2:]
     user.select(-1, -1).fill_(1)  # [p_u | 1]
     negatives.sub_(positive)  # [q_j − q_i | c_j − c_i]
@@ -145,28 +144,30 @@ def _pairwise_rows(
         size = index.shape[1]
         difference, hardest = difference.max(0)
         pick = torch.add(torch.arange(size, device=index.device), hardest, alpha=size)
-        direction = negatives.view(-1, rows.shape[-1]).index_select(0, pick)
-        negative_index = index[2:].view(-1).index_select(0, pick)
+        rows[2] = negatives.view(-1, rows.shape[-1]).index_select(0, pick)
+        grad_index = torch.stack([index[2:].view(-1).index_select(0, pick), index[1], index[0]])
     else:
-        difference, direction, negative_index = difference[0], negatives[0], index[2]
-    value, gamma = pairwise_loss(loss, difference)
-    direction.select(-1, -1).fill_(0)  # [q_j − q_i | 0]
-    grad_rows = torch.stack([direction, user, user.neg()]).mul_(gamma[:, None])
-    return value, grad_rows, torch.stack([index[0], negative_index, index[1]]).view(-1)
+        difference, grad_index = difference[0], index.flip(0)
+    losses, gamma = pairwise_loss(loss, difference)
+    rows[2].select(-1, -1).fill_(0)  # [q_j − q_i | 0]
+    torch.neg(user, out=positive)
+    return losses, rows[:3].mul_(gamma[:, None]), grad_index.view(-1)  # rows of j, i, u
 
 
 def _pointwise_rows(
     loss: Loss, rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss, gradient rows and their table rows of a pointwise minibatch (gathered ``rows``, 3 × B)."""
+    """Losses, gradient rows and their table rows of a pointwise minibatch (``rows`` gathered, 3 × B)."""
     user, items = rows[0], rows[1:]
     bias = user[:, -1].clone()
     user.select(-1, -1).fill_(1)  # [p_u | 1]
-    value, derivative = pointwise_loss(torch.linalg.vecdot(items, user).add_(bias))
+    losses, derivative = pointwise_loss(torch.linalg.vecdot(items, user).add_(bias))
     items.select(-1, -1).fill_(1)  # [q_i | 1], [q_j | 1]
     coef = derivative[..., None]
-    grad_rows = torch.cat([(coef * items).sum(0, keepdim=True), coef * user])
-    return value, grad_rows, index.view(-1)
+    user_grad = (coef * items).sum(0)
+    torch.mul(coef, user, out=items)
+    user.copy_(user_grad)
+    return losses, rows, index.view(-1)
 
 
 @dataclass(eq=False)
@@ -306,7 +307,7 @@ class ImplicitFactorization:
                     minibatch_gradient(optimizer.weight, optimizer.grad, batch, self.loss, compute_dtype)
                 )
                 optimizer.step()
-        return torch.stack(losses).mean().item()
+        return mean_of_batch_means(torch.cat(losses).float(), self.batch_size)
 
     def recommend(
         self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True
@@ -370,6 +371,13 @@ def minibatches(index: torch.Tensor, size: int) -> list[torch.Tensor]:
     full = index.shape[1] // size * size
     blocks = index[:, :full].view(len(index), -1, size).transpose(0, 1).contiguous()
     return [*blocks, *([index[:, full:].contiguous()] if full < index.shape[1] else [])]
+
+
+def mean_of_batch_means(losses: torch.Tensor, size: int) -> float:
+    """The mean over minibatches of ``size`` consecutive ``losses`` (the last one shorter) of their mean."""
+    full = len(losses) // size * size
+    means = losses[:full].view(-1, size).mean(1)
+    return torch.cat([means, losses[full:].mean()[None]] if full < len(losses) else [means]).mean().item()
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, IdIndex]:

@@ -25,6 +25,7 @@ from recmodels.implicit_mf import (  # noqa: E402
     BilinearNet,
     DenseAdam,
     ImplicitFactorization,
+    mean_of_batch_means,
     minibatch_gradient,
     minibatches,
     pairwise_loss,
@@ -105,27 +106,34 @@ def test_minibatch_gradient_equals_autograd_of_spotlights_bilinear_net(loss: str
     expected.backward()
 
     grad = torch.full_like(weight, 99.0)
-    value = minibatch_gradient(weight, grad, torch.cat([users[None], positives[None], negatives]), loss)
-    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    losses = minibatch_gradient(weight, grad, torch.cat([users[None], positives[None], negatives]), loss)
+    assert losses.shape == users.shape
+    assert losses.mean().item() == pytest.approx(expected.item(), rel=1e-12)
     torch.testing.assert_close(grad, reference.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_losses_and_derivatives_at_zero_scores_hand_computed() -> None:
     """All scores 0: σ = 1/2, σ' = 1/4, hinge margin 1 (batch of 2, so derivatives are halved)."""
     zero = torch.zeros(2)
-    expected = {"bpr": (0.5, 0.125), "hinge": (1.0, 0.5), "adaptive_hinge": (1.0, 0.5)}  # value, γ
+    expected = {"bpr": (0.5, 0.125), "hinge": (1.0, 0.5), "adaptive_hinge": (1.0, 0.5)}  # loss, γ
     for loss, (value, gamma) in expected.items():
-        got = pairwise_loss(loss, zero.clone())
-        assert [got[0].item(), got[1].tolist()] == [value, [gamma] * 2], loss
-    value, derivative = pointwise_loss(torch.zeros(2, 2))
-    assert [value.item(), derivative.tolist()] == [1.0, [[-0.125, -0.125], [0.125, 0.125]]]
+        got = pairwise_loss(loss, zero)
+        assert [got[0].tolist(), got[1].tolist()] == [[value] * 2, [gamma] * 2], loss
+    losses, derivative = pointwise_loss(torch.zeros(2, 2))
+    assert [losses.tolist(), derivative.tolist()] == [[1.0, 1.0], [[-0.125, -0.125], [0.125, 0.125]]]
 
 
 def test_hinge_derivative_is_one_at_zero_margin_and_zero_below() -> None:
     """torch.clamp's gradient, which Spotlight's hinge losses get: 1 where 1 + x >= 0, else 0 (halved: B = 4)."""
-    value, gamma = pairwise_loss("hinge", torch.tensor([-3.0, -1.0, 0.0, 2.0]))
-    assert value.item() == pytest.approx((0 + 0 + 1 + 3) / 4)
+    losses, gamma = pairwise_loss("hinge", torch.tensor([-3.0, -1.0, 0.0, 2.0]))
+    assert losses.tolist() == [0.0, 0.0, 1.0, 3.0]
     assert gamma.tolist() == [0.0, 0.25, 0.25, 0.25]
+
+
+def test_epoch_loss_is_the_mean_of_minibatch_means() -> None:
+    losses = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0])  # batches of 2: means 2, 6 and 9
+    assert mean_of_batch_means(losses, 2) == pytest.approx((2 + 6 + 9) / 3)
+    assert mean_of_batch_means(losses[:4], 2) == pytest.approx(4.0)
 
 
 def test_minibatches_are_contiguous_column_blocks() -> None:
@@ -154,7 +162,7 @@ def test_bfloat16_batch_arithmetic_stays_close_to_float32() -> None:
         value = minibatch_gradient(net.weight, exact, index, "bpr")
         value_bf16 = minibatch_gradient(net.weight, mixed, index, "bpr", torch.bfloat16)
     assert mixed.dtype == torch.float32
-    assert value_bf16.item() == pytest.approx(value.item(), rel=1e-2)
+    assert value_bf16.float().mean().item() == pytest.approx(value.mean().item(), rel=1e-2)
     torch.testing.assert_close(mixed, exact, rtol=2e-2, atol=1e-4)
 
 
