@@ -68,6 +68,7 @@ from recmodels.sar import (
     unit_score_range,
     with_threads,
 )
+from tasks import storage
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def fit_shards(
     client: distributed.Client, params: dict[str, Any], train_path: str
 ) -> tuple[SAR, list[Shard]]:
     """``SAR(**params)``'s ids and affinities here, its similarity in one column shard per worker."""
-    model = SAR(**params).fit_affinity(pd.read_parquet(train_path))
+    model = SAR(**params).fit_affinity(storage.read_parquet(train_path))
     client.wait_for_workers(1)
     workers = client.scheduler_info()["workers"]
     seen = client.scatter(model.seen_, broadcast=True, hash=False)
@@ -289,7 +290,7 @@ def sar_dask(
         inputs = (
             model.scoring_inputs(users)
             if fold_in_path is None
-            else model.fold_in_inputs(pd.read_parquet(fold_in_path))
+            else model.fold_in_inputs(storage.read_parquet(fold_in_path))
         )
         recommendations = recommend_shards(
             client, inputs, shards, model.items_, k, exclude_seen, model.block_size, model.rating_range_

@@ -138,10 +138,9 @@ def test_flow_on_an_s3_home_prepares_once_and_shares_the_data(
     runs = client.search_runs([client.get_experiment_by_name("movielens-benchmark").experiment_id])
     assert {r.data.params.get("prepared_key") for r in runs} >= {key}
 
-    rerun = movielens_benchmark(
-        home=home, models=["sar"], model_params={"sar": {"similarity": "lift"}}, return_state=True
-    )
-    assert rerun.is_completed()
+    rerun = movielens_benchmark(home=home, models=["sar"], sar_backend="dask", return_state=True)
+    (dask_sar,) = rerun.result()  # SAR on a Dask LocalCluster, reading the training set from S3
+    assert dask_sar["precision_at_10"] == sar["precision_at_10"] and dask_sar["map_at_10"] == sar["map_at_10"]
     names = _task_names(rerun.state_details.flow_run_id)
     assert "train-evaluate" in names and not names & {"download", "parse", "filter", "split"}
     assert _listing(storage.join(home, "prepared")) == [key]
