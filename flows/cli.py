@@ -121,13 +121,18 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         mirror=args.mirror,
         experiment=args.experiment,
     )
-    columns = ["size", "model", "train_interactions", args.metric, "fit_seconds"]
-    table = Table(title=f"MovieLens sweep — {args.metric} and fit time")
+    _print_sweep(rows, args.metric, "MovieLens sweep")
+
+
+def _print_sweep(rows: list[dict[str, Any]], metric: str, title: str) -> None:
+    """One line per size × model: the sweep's metric, fit time and MLflow run."""
+    columns = ["size", "model", "train_interactions", metric, "fit_seconds"]
+    table = Table(title=f"{title} — {metric} and fit time")
     for column in [*columns, "MLflow run"]:
         table.add_column(column, overflow="fold")
     for row in rows:
         cells = (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-        table.add_row(*cells, row["run_url"] or row["run_id"])
+        table.add_row(*cells, row.get("run_url") or row["run_id"])
     console.print(table)
 
 
@@ -150,6 +155,7 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from tasks.storage import resolve_home
@@ -169,11 +175,17 @@ def cmd_show(args: argparse.Namespace) -> None:
         max_results=args.last,
     )
     for parent in parents:
+        title = f"{parent.info.run_name} ({parent.info.status}, run {parent.info.run_id})"
+        if "sizes" in parent.data.params:  # a sweep: its table, from the runs of the benchmarks it ran
+            table = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/sweep.json")
+            rows = [dict(zip(table["columns"], values, strict=True)) for values in table["data"]]
+            _print_sweep(rows, parent.data.params["metric"], title)
+            continue
         children = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
         rows = [{"model": c.info.run_name, **dict(sorted(c.data.metrics.items()))} for c in children]
-        _print_rows(rows, f"{parent.info.run_name} ({parent.info.status}, run {parent.info.run_id})")
+        _print_rows(rows, title)
 
 
 def cmd_stack(args: argparse.Namespace) -> None:

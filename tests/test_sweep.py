@@ -168,3 +168,19 @@ def test_bad_parameters_fail_before_any_child_runs(
     with pytest.raises(error, match=match):
         movielens_benchmark_sweep(home=str(tmp_path), **kwargs)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_show_prints_the_sweep_table(
+    sweep, mlflow_client: MlflowClient, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    rows = sweep.result()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "250")
+        assert main(["show", "--home", str(home), "--last", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep-" in out and "ndcg_at_10 and fit time" in out
+    for row in rows:
+        line = next(line for line in out.splitlines() if f" {row['size']} " in line)
+        assert f"{row['ndcg_at_10']:.4f}" in line and row["run_id"] in line
