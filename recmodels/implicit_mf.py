@@ -96,18 +96,20 @@ class BilinearNet(torch.nn.Module if torch is not None else object):
 
 def pairwise_loss(loss: Loss, difference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bpr, hinge or adaptive hinge loss of each x = ŷ(u,j) − ŷ(u,i) and γ = ∂(batch mean)/∂x."""
+    scale = difference.new_full((), 1 / difference.shape[0])
     if loss == "bpr":
         miss = torch.sigmoid(difference)  # 1 − σ(ŷ(u,i) − ŷ(u,j))
-        return miss, torch.ops.aten.sigmoid_backward(miss.new_full((), 1 / len(miss)), miss)
+        return miss, torch.ops.aten.sigmoid_backward(scale, miss)
     margin = difference + 1  # torch.clamp passes the gradient at 0
-    return margin.clamp(min=0), margin.ge(0).to(margin.dtype).div_(len(margin))
+    return margin.clamp(min=0), scale.where(margin >= 0, 0)
 
 
 def pointwise_loss(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pointwise loss of each column of ``scores`` [ŷ(u,i); ŷ(u,j)] (2 × B), and [α; β] of the batch mean."""
     sigmoid = torch.sigmoid(scores)
-    sign = sigmoid.new_tensor([[-1.0], [1.0]]) / scores.shape[1]
-    return (sigmoid[1] - sigmoid[0]).add_(1), torch.ops.aten.sigmoid_backward(sign, sigmoid)
+    positive, negative = sigmoid.unbind(0)
+    sign = sigmoid.new_tensor([[-1.0], [1.0]]).div_(scores.shape[1])
+    return (negative - positive).add_(1), torch.ops.aten.sigmoid_backward(sign, sigmoid)
 
 
 def minibatch_gradient(
@@ -123,12 +125,16 @@ def minibatch_gradient(
     then n rows of negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the
     precision of the batch arithmetic; ``grad`` (``weight``'s shape and dtype) is overwritten.
     """
-    rows = weight.index_select(0, index.view(-1)).view(*index.shape, -1)
+    rows = torch.embedding(weight, index)  # (2 + n) × B × (d + 1), a copy
     if compute_dtype is not None:
         rows = rows.to(compute_dtype)
-    step = _pointwise_rows if loss == "pointwise" else _pairwise_rows
-    losses, grad_rows, grad_index = step(loss, rows, index)
-    grad.zero_().index_add_(0, grad_index, grad_rows.view(len(grad_index), -1).to(grad.dtype))
+    if loss == "pointwise":
+        losses, grad_rows, grad_index = _pointwise_rows(rows, index)
+    else:
+        losses, grad_rows, grad_index = _pairwise_rows(loss, rows, index)
+    if compute_dtype is not None:
+        grad_rows = grad_rows.to(grad.dtype)
+    grad.zero_().index_add_(0, grad_index.view(-1), grad_rows.flatten(0, 1))
     return losses
 
 
@@ -136,38 +142,42 @@ def _pairwise_rows(
     loss: Loss, rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Losses, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch (``rows`` gathered)."""
-    user, positive, negatives = rows[0], rows[1], rows[2:]
+    user, positive, negative, *more = rows.unbind(0)
     user.select(-1, -1).fill_(1)  # [p_u | 1]
-    negatives.sub_(positive)  # [q_j − q_i | c_j − c_i]
-    difference = torch.linalg.vecdot(negatives, user)  # ŷ(u,j) − ŷ(u,i), n × B
-    if len(negatives) > 1:  # adaptive hinge: the highest-scored negative of each positive
+    if more:  # adaptive hinge: the highest-scored negative of each positive
         size = index.shape[1]
-        difference, hardest = difference.max(0)
+        negatives = rows.narrow(0, 2, 1 + len(more)).sub_(positive)  # [q_j − q_i | c_j − c_i]
+        difference, hardest = torch.linalg.vecdot(negatives, user).max(0)  # ŷ(u,j) − ŷ(u,i)
         pick = torch.add(torch.arange(size, device=index.device), hardest, alpha=size)
-        rows[2] = negatives.view(-1, rows.shape[-1]).index_select(0, pick)
-        grad_index = torch.stack([index[2:].view(-1).index_select(0, pick), index[1], index[0]])
+        negative.copy_(negatives.flatten(0, 1).index_select(0, pick))
+        grad_index = torch.stack(
+            [index.narrow(0, 2, 1 + len(more)).flatten().index_select(0, pick), index[1], index[0]]
+        )
+        rows = rows.narrow(0, 0, 3)
     else:
-        difference, grad_index = difference[0], index.flip(0)
+        difference = torch.linalg.vecdot(negative.sub_(positive), user)
+        grad_index = index.flip(0)
     losses, gamma = pairwise_loss(loss, difference)
-    rows[2].select(-1, -1).fill_(0)  # [q_j − q_i | 0]
+    negative.select(-1, -1).fill_(0)  # [q_j − q_i | 0]
     torch.neg(user, out=positive)
-    return losses, rows[:3].mul_(gamma[:, None]), grad_index.view(-1)  # rows of j, i, u
+    return losses, rows.mul_(gamma.unsqueeze(1)), grad_index  # rows of j, i, u
 
 
 def _pointwise_rows(
-    loss: Loss, rows: torch.Tensor, index: torch.Tensor
+    rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Losses, gradient rows and their table rows of a pointwise minibatch (``rows`` gathered, 3 × B)."""
-    user, items = rows[0], rows[1:]
-    bias = user[:, -1].clone()
+    user = rows[0]
+    items = rows.narrow(0, 1, 2)
+    bias = user.select(-1, -1).clone()
     user.select(-1, -1).fill_(1)  # [p_u | 1]
     losses, derivative = pointwise_loss(torch.linalg.vecdot(items, user).add_(bias))
     items.select(-1, -1).fill_(1)  # [q_i | 1], [q_j | 1]
-    coef = derivative[..., None]
+    coef = derivative.unsqueeze(2)
     user_grad = (coef * items).sum(0)
     torch.mul(coef, user, out=items)
     user.copy_(user_grad)
-    return losses, rows, index.view(-1)
+    return losses, rows, index
 
 
 @dataclass(eq=False)
@@ -185,29 +195,34 @@ class DenseAdam:
     exp_avg: torch.Tensor = field(init=False)
     exp_avg_sq: torch.Tensor = field(init=False)
     steps: torch.Tensor = field(init=False)
+    _state: tuple[list[torch.Tensor], ...] = field(init=False, repr=False)
+    _hyper: dict[str, float | bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.grad, self.exp_avg, self.exp_avg_sq = (torch.zeros_like(self.weight) for _ in range(3))
         self.steps = torch.zeros((), device=self.weight.device)
-
-    def step(self) -> None:
-        """Update ``weight`` in place with the gradient in ``grad``."""
-        self.steps += 1
-        torch._fused_adam_(
+        self._state = (
             [self.weight.detach()],
             [self.grad],
             [self.exp_avg],
             [self.exp_avg_sq],
             [],
             [self.steps],
-            amsgrad=False,
-            beta1=0.9,
-            beta2=0.999,
-            lr=self.learning_rate,
-            weight_decay=self.weight_decay,
-            eps=1e-8,
-            maximize=False,
         )
+        self._hyper = {
+            "lr": self.learning_rate,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "weight_decay": self.weight_decay,
+            "eps": 1e-8,
+            "amsgrad": False,
+            "maximize": False,
+        }
+
+    def step(self) -> None:
+        """Update ``weight`` in place with the gradient in ``grad``."""
+        self.steps += 1
+        torch._fused_adam_(*self._state, **self._hyper)
 
 
 @dataclass(eq=False)
