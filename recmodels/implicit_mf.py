@@ -108,8 +108,9 @@ def pointwise_loss(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pointwise loss of each column of ``scores`` [ŷ(u,i); ŷ(u,j)] (2 × B), and [α; β] of the batch mean."""
     sigmoid = torch.sigmoid(scores)
     positive, negative = sigmoid.unbind(0)
-    sign = sigmoid.new_tensor([[-1.0], [1.0]]).div_(scores.shape[1])
-    return (negative - positive).add_(1), torch.ops.aten.sigmoid_backward(sign, sigmoid)
+    derivative = torch.ops.aten.sigmoid_backward(sigmoid.new_full((), 1 / scores.shape[1]), sigmoid)
+    derivative[0].neg_()  # the loss falls as ŷ(u,i) rises
+    return (negative - positive).add_(1), derivative
 
 
 def minibatch_gradient(
@@ -146,16 +147,16 @@ def _pairwise_rows(
     user.select(-1, -1).fill_(1)  # [p_u | 1]
     if more:  # adaptive hinge: the highest-scored negative of each positive
         size = index.shape[1]
-        negatives = rows.narrow(0, 2, 1 + len(more)).sub_(positive)  # [q_j − q_i | c_j − c_i]
-        difference, hardest = torch.linalg.vecdot(negatives, user).max(0)  # ŷ(u,j) − ŷ(u,i)
-        pick = torch.add(torch.arange(size, device=index.device), hardest, alpha=size)
-        negative.copy_(negatives.flatten(0, 1).index_select(0, pick))
-        grad_index = torch.stack(
-            [index.narrow(0, 2, 1 + len(more)).flatten().index_select(0, pick), index[1], index[0]]
-        )
+        scores = torch.linalg.vecdot(rows.narrow(0, 1, 2 + len(more)), user)  # ŷ − b_u, (1 + n) × B
+        highest, hardest = scores.narrow(0, 1, 1 + len(more)).max(0)
+        difference = highest - scores[0]
+        pick = torch.add(torch.arange(2 * size, 3 * size, device=index.device), hardest, alpha=size)
+        negative.copy_(rows.flatten(0, 1).index_select(0, pick)).sub_(positive)  # [q_j − q_i | c_j − c_i]
+        grad_index = index.narrow(0, 0, 3).flip(0)
+        grad_index[0] = index.view(-1).index_select(0, pick)
         rows = rows.narrow(0, 0, 3)
     else:
-        difference = torch.linalg.vecdot(negative.sub_(positive), user)
+        difference = torch.linalg.vecdot(negative.sub_(positive), user)  # ŷ(u,j) − ŷ(u,i)
         grad_index = index.flip(0)
     losses, gamma = pairwise_loss(loss, difference)
     negative.select(-1, -1).fill_(0)  # [q_j − q_i | 0]
@@ -316,7 +317,7 @@ class ImplicitFactorization:
         )
         index = torch.cat([pairs[:, order], negatives])  # (2 + n) × rows
         losses = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in minibatches(index, self.batch_size):
                 losses.append(
                     minibatch_gradient(optimizer.weight, optimizer.grad, batch, self.loss, compute_dtype)
