@@ -240,7 +240,11 @@ def _similarity_kernel(
     support_threshold: int,
     n_threads: int,
 ) -> np.ndarray:
-    """S[:, start:stop] from the CSR item lists of users and user lists of items (``similarity_columns``)."""
+    """S[:, start:stop] from the CSR item lists of users and user lists of items (``similarity_columns``).
+
+    S is symmetric (C is, and every formula is symmetric in d_i, d_j, in floating point too), so rows
+    r inside the shard count only the columns j ≥ r and the square block is mirrored at the end.
+    """
     n_users, n_items, width = len(user_indptr) - 1, len(item_indptr) - 1, stop - start
     first, last = np.empty(n_users, np.int64), np.empty(n_users, np.int64)
     for u in prange(n_users):  # each user's items in [start, stop): user_items[first[u]:last[u]]
@@ -251,14 +255,24 @@ def _similarity_kernel(
     for thread in prange(n_threads):
         counts = np.zeros(width, np.int64)
         for r in range(thread, n_items, n_threads):  # interleaved rows: popular items spread evenly
+            inside = start <= r < stop
             for q in range(item_indptr[r], item_indptr[r + 1]):
                 u = item_users[q]
-                for p in range(first[u], last[u]):
+                begin = first[u]
+                if inside:  # from item r itself on
+                    begin = user_indptr[u] + np.searchsorted(user_items[user_indptr[u] : last[u]], r)
+                for p in range(begin, last[u]):
                     counts[user_items[p] - start] += 1
-            for j in range(width):
+            for j in range(r - start if inside else 0, width):
                 c = np.float64(counts[j]) if counts[j] >= support_threshold else 0.0
                 counts[j] = 0
                 out[r, j] = _similarity_value(c, users_per_item[r], users_per_item[start + j], kind)
+    tile = SCORE_TILE  # the square block's lower triangle, by tiles (its reads go down columns)
+    for row in prange((width + tile - 1) // tile):
+        for column in range(0, row * tile + 1, tile):
+            for b in range(row * tile, min(row * tile + tile, width)):
+                for a in range(column, min(column + tile, b)):
+                    out[start + b, a] = out[start + a, b]
     return out
 
 
@@ -277,9 +291,10 @@ def unit_score_range(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's min and max of W S over the columns of ``similarity`` (all items or one shard)."""
     unit = unit_affinity.tocsr()
-    return _score_range_kernel(
-        unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
-    )
+    with numba.parallel_chunksize(1):  # blocks to whichever thread is free: robust on a busy machine
+        return _score_range_kernel(
+            unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
+        )
 
 
 def top_k_items(
@@ -309,22 +324,23 @@ def top_k_items(
         unit_min, unit_max, rating_min, rating_max = normalize
         lo, span = _normalize_terms(unit_min, unit_max, rating_min, rating_max)
         scale = rating_max - rating_min
-    return _top_k_kernel(
-        affinity.indptr,
-        affinity.indices,
-        affinity.data,
-        np.ascontiguousarray(similarity, np.float64),
-        seen.indptr,
-        seen.indices,
-        first_item,
-        exclude_seen,
-        k,
-        lo,
-        span,
-        rating_min,
-        scale,
-        block_size,
-    )
+    with numba.parallel_chunksize(1):  # blocks to whichever thread is free: robust on a busy machine
+        return _top_k_kernel(
+            affinity.indptr,
+            affinity.indices,
+            affinity.data,
+            np.ascontiguousarray(similarity, np.float64),
+            seen.indptr,
+            seen.indices,
+            first_item,
+            exclude_seen,
+            k,
+            lo,
+            span,
+            rating_min,
+            scale,
+            block_size,
+        )
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -495,8 +511,8 @@ class SAR:
         require_columns(train, self._columns, "SAR train")
         if train.empty:
             raise EmptySplit("SAR train has no rows; fit on a non-empty train split.")
-        self.users_ = IdIndex.from_values(train[USER])
-        self.items_ = IdIndex.from_values(train[ITEM])
+        self.users_ = IdIndex.from_values(pd.unique(train[USER]))  # hashing first: sorts only the ids
+        self.items_ = IdIndex.from_values(pd.unique(train[ITEM]))
         self.time_now_ = None
         if self.time_decay_days is not None:
             self.time_now_ = float(train[TIMESTAMP].max() if self.time_now is None else self.time_now)
