@@ -106,7 +106,9 @@ def test_minibatch_gradient_equals_autograd_of_spotlights_bilinear_net(loss: str
     expected.backward()
 
     grad = torch.full_like(weight, 99.0)
+    start = weight.clone()
     losses = minibatch_gradient(weight, grad, torch.cat([users[None], positives[None], negatives]), loss)
+    assert torch.equal(weight, start)  # the in-place arithmetic works on the gathered copy
     assert losses.shape == users.shape
     assert losses.mean().item() == pytest.approx(expected.item(), rel=1e-12)
     torch.testing.assert_close(grad, reference.grad, rtol=1e-12, atol=1e-12)
