@@ -271,8 +271,9 @@ def test_similarity_kernel_equals_the_definition(kind, threshold, threads):
 @pytest.mark.parametrize("exclude_seen", [True, False])
 @pytest.mark.parametrize("k", [1, 7, 200])
 def test_top_k_kernel_equals_the_definition(params, exclude_seen, k):
-    # 150 items: three score tiles of 64, the last one partial; k = 200 > items returns every item.
-    model = SAR(**params).fit(random_interactions(np.random.default_rng(13), n_users=300, n_items=150))
+    # 300 items: three score tiles of 128, the last one partial; k = 200 keeps most of a shard.
+    assert sar.SCORE_TILE == 128
+    model = SAR(**params).fit(random_interactions(np.random.default_rng(13), n_users=300, n_items=300))
     inputs = model.scoring_inputs()
     unit = None
     if model.normalize:
@@ -280,7 +281,7 @@ def test_top_k_kernel_equals_the_definition(params, exclude_seen, k):
         scores = sar.score_block(inputs.unit_affinity, model.similarity_)
         np.testing.assert_array_equal(unit[0], scores.min(axis=1))
         np.testing.assert_array_equal(unit[1], scores.max(axis=1))
-    for first, stop in [(0, 150), (10, 140)]:  # all items, and a shard
+    for first, stop in [(0, 300), (10, 150)]:  # all items, and a shard narrower than k = 200
         shard = np.ascontiguousarray(model.similarity_[:, first:stop])
         normalize = None if unit is None else (*unit, *model.rating_range_)
         expected = reference_top_k(inputs, shard, k, exclude_seen, first, normalize)
