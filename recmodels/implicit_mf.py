@@ -120,7 +120,7 @@ def minibatch_gradient(
     loss: Loss,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Loss of each positive of one minibatch; the gradient of their mean with respect to ``weight`` goes to ``grad``.
+    """Each positive's loss in one minibatch; the gradient of their mean by ``weight`` goes to ``grad``.
 
     ``index`` (contiguous) holds rows of ``weight``, shape (2 + n) × B: the users, their positive items,
     then n rows of negative items (n > 1: adaptive hinge's max). ``compute_dtype`` (e.g. bfloat16) is the
@@ -142,7 +142,7 @@ def minibatch_gradient(
 def _pairwise_rows(
     loss: Loss, rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Losses, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch (``rows`` gathered)."""
+    """Losses, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch."""
     user, positive, negative, *more = rows.unbind(0)
     user.select(-1, -1).fill_(1)  # [p_u | 1]
     if more:  # adaptive hinge: the highest-scored negative of each positive
@@ -397,6 +397,6 @@ def mean_of_batch_means(losses: torch.Tensor, size: int) -> float:
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, IdIndex]:
-    """Dense positions of raw ids and their :class:`IdIndex` (one hash pass; ``IdIndex.from_values`` sorts)."""
+    """Dense positions of raw ids and their :class:`IdIndex`, by one hash pass instead of a sort."""
     positions, ids = pd.factorize(values.to_numpy(), sort=True)
     return positions, IdIndex(ids)

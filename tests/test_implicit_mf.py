@@ -126,7 +126,7 @@ def test_losses_and_derivatives_at_zero_scores_hand_computed() -> None:
 
 
 def test_hinge_derivative_is_one_at_zero_margin_and_zero_below() -> None:
-    """torch.clamp's gradient, which Spotlight's hinge losses get: 1 where 1 + x >= 0, else 0 (halved: B = 4)."""
+    """torch.clamp's gradient, as Spotlight's hinge losses get it: 1 where 1 + x >= 0, else 0 (÷ B = 4)."""
     losses, gamma = pairwise_loss("hinge", torch.tensor([-3.0, -1.0, 0.0, 2.0]))
     assert losses.tolist() == [0.0, 0.0, 1.0, 3.0]
     assert gamma.tolist() == [0.0, 0.25, 0.25, 0.25]
