@@ -43,8 +43,16 @@ torch.set_num_threads(1)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("train", "validation_fold_in", "validation", "test_fold_in", "test")
-# Small enough for seconds per fit on 2 cores, large enough to beat popularity clearly.
-SMALL = {"hidden_dims": (200, 50), "epochs": 6, "validation_step": 2, "lr": 3e-3, "seed": 0}
+# Small enough for seconds per fit on 2 cores, large enough to beat popularity clearly: 10 steps of 75
+# users an epoch (min_batch_size=75; the paper's floor of 500 would leave 12 steps in 6 epochs).
+SMALL = {
+    "hidden_dims": (200, 50),
+    "epochs": 6,
+    "validation_step": 2,
+    "lr": 3e-3,
+    "min_batch_size": 75,
+    "seed": 0,
+}
 
 
 def _tf():
@@ -104,14 +112,20 @@ def test_seed_defaults_and_small_data_rule():
         0.01,
         (600, 200),
     )
-    # ML-100K's 750 training users: 10 batches of 75; 200 · 10 = 2,000 steps, so β reaches 0.2 at the
-    # last one when 0.2 · T = 2,000, T = 10,000 (the seed's 200,000 would stop at β = 0.01).
+    # ML-100K's 750 training users: 10 batches would hold 75, below the paper's 500, so 2 steps of 375
+    # (epoch_batches splits evenly); 200 · 2 = 400 steps, so β reaches 0.2 at the last one when
+    # 0.2 · T = 400, T = 2,000 (the seed's 200,000 would stop at β = 0.002).
     small = adapt_to_data(config, 750)
-    assert (small.batch_size, small.total_anneal_steps) == (75, 10_000)
+    assert (small.batch_size, small.total_anneal_steps) == (500, 2_000)
     assert small.lam == pytest.approx(0.01 * 750 / 116_677)
-    # Two workers: 75 users each a step, 5 global steps of 150 an epoch, 1,000 in all: T = 5,000.
+    # Two workers: 500 users each a step, 1 global step of 1,000 an epoch, 200 in all: T = 1,000.
     two = adapt_to_data(config, 750, world_size=2)
-    assert (two.batch_size, two.total_anneal_steps) == (75, 5_000)
+    assert (two.batch_size, two.total_anneal_steps) == (500, 1_000)
+    # Without the floor, 10 batches of 75: 2,000 steps, T = 10,000.
+    floorless = adapt_to_data(replace(config, min_batch_size=1), 750)
+    assert (floorless.batch_size, floorless.total_anneal_steps) == (75, 10_000)
+    # 6,040 users (ML-1M): 10 batches of 604, above the floor.
+    assert adapt_to_data(config, 6_040).batch_size == 604
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
     assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
@@ -184,6 +198,44 @@ def test_missing_tensorflow_raises_missing_extra_and_torch_still_works():
     assert out.returncode == 1
     assert "MissingExtra: vae_cf with backend='tf' needs tensorflow" in out.stderr
     assert "bash deployments/install_tf_extra.sh" in out.stderr
+
+
+def test_torch_step_equals_adam_on_the_loss_with_its_l2_term():
+    """One step of the torch backend (L2 as Adam's weight decay 2λ on the weights, fused kernel) equals
+    plain Adam on the objective of the module docstring, λ‖W‖² in the loss, with the same draws."""
+    from recmodels._vae_cf_torch import MultVAE, build
+
+    x = sp.csr_matrix(
+        np.array([[1, 1, 0, 0, 1, 0, 1], [0, 1, 1, 0, 0, 0, 0], [1, 0, 0, 1, 1, 1, 0]], np.float32)
+    )
+    config = VAECFConfig(backend="torch", hidden_dims=(8, 4), keep_prob=1.0, lam=0.5, lr=0.01, seed=3)
+    backend = build(config, l2_normalize_rows(x))
+    # Three steps: Adam's first step is ±lr whatever the gradient's scale; later ones are not.
+    loss_sum, users = backend.train_epoch([(np.arange(3), 0.1)] * 3)
+
+    model = MultVAE(7, (8, 4), torch.Generator().manual_seed(3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    draws = torch.Generator().manual_seed(3)
+    inputs = l2_normalize_rows(x)
+    losses = []
+    for _ in range(3):
+        torch.rand(x.nnz, generator=draws)  # the backend's dropout draw (keep_prob = 1 keeps all)
+        mu, logvar = model.encode(
+            torch.as_tensor(inputs.indices.astype(np.int64)),
+            torch.as_tensor(inputs.indptr[:-1].astype(np.int64)),
+            torch.as_tensor(inputs.data),
+        )
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=draws)
+        nll = -(torch.as_tensor(x.toarray()) * torch.log_softmax(model.decode(z), dim=1)).sum(dim=1).mean()
+        kl = (0.5 * (-logvar + logvar.exp() + mu.square() - 1)).sum(dim=1).mean()
+        loss = nll + 0.1 * kl + 0.5 * sum(w.square().sum() for w in model.weights())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert loss_sum / users == pytest.approx(np.mean(losses), rel=1e-5)
+    for ours, reference in zip(backend.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
 # --- the protocol on MovieLens-100K -------------------------------------------------------------------
