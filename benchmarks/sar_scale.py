@@ -7,10 +7,10 @@ synthetic-20m: under 60 s and 6 GiB) and writes train.parquet, then times the ot
 temporal, leave-one-out, strong generalization) and the transpose; then each engine reads train.parquet,
 fits and recommends the top 10 unseen items to every train user:
 
-- ``sar``: :class:`recmodels.sar.SAR`, single node;
+- ``sar``: :class:`recmodels.sar.SAR`, single node, its numba kernels on every core;
 - ``sar-dask-1``, ``sar-dask-2``: the ``sar-dask`` subflow (``tasks/sar_dask.py``) attached by address
-  to a LocalCluster of 1 or 2 single-threaded workers that the step starts (``cluster_seconds``); fit
-  and predict are timed inside the flow;
+  to a LocalCluster of 1 or 2 single-threaded workers that the step starts (``cluster_seconds``), the
+  same kernels on one thread per worker; fit and predict are timed inside the flow;
 - ``sarsinglenode``: Microsoft Recommenders' ``SARSingleNode`` (1.2.1), the reference, same parameters
   (jaccard, 30-day half-life). It declares pandas<3, so it cannot be a pip extra of this project;
   install it beside the venv, as CI does: ``pip install --no-deps --target .venv/sar-reference
@@ -21,6 +21,9 @@ the benchmark's own) has its resident memory sampled every 0.1 s; a step above `
 ``--timeout`` is killed and reported as such, and that engine is not run again. On a shared machine wall
 times follow the load (each step records the 1-minute load average); CPU seconds, summed over the
 step's processes (flow process and workers), much less so: the ratio to SARSingleNode is given in both.
+Times include importing the model and numba's first call in each process (0.6-1 s for SAR); numba
+compiles the kernels once into ``recmodels/__pycache__`` (about 15 s, in the first repeat after a
+change to ``recmodels/sar.py``), hence ``--repeats``.
 Results: a table on stdout, ``benchmarks/results/sar_scale.json``, ``sar_scale.png`` (time and memory
 against size) and an MLflow run ``sar-scale`` (a child run per shape and engine, metrics named as in
 DESIGN.md) at ``$MLFLOW_TRACKING_URI`` or ``<home>/mlflow.db``::

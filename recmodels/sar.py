@@ -37,13 +37,14 @@ against them bit for bit, and the model against SARSingleNode.
 
 - ``similarity_columns`` builds S[:, c] dense, one item row r at a time: C[r, c] is counted from the
   item lists of r's users into a per-thread counter, thresholded and turned into S[r, c] at once, so C
-  is never formed (Σ_u n_u² increments, n_u = u's items). At 26,744 items S is 5.7 GB; a sparse C,
-  99.85% dense, would add 8.6 GB. Items are dense from 0, so S is kept dense as in SARSingleNode:
-  n_items² × 8 bytes; past that, use the Dask shards.
+  is never formed. S is symmetric, so each pair inside the shard is counted once and mirrored: about
+  Σ_u n_u² / 2 increments, n_u = u's items. S is dense, as in SARSingleNode: n_items² × 8 bytes, 5.7 GB
+  at 26,744 items, where a sparse C (99.85% dense) would add 8.6 GB; for more items, use the Dask shards.
 - ``top_k_items`` computes R = A S one tile of ``SCORE_TILE`` columns at a time: the tile S[:, tile] is
-  copied contiguous (cache resident: 3.8 MB at 3,706 items, 27 MB at 26,744), and every user's tile of scores is summed from its
-  affinity row, normalised, its seen items skipped and the rest folded into the user's running top k.
-  Nothing of size users × items is formed: memory beyond S and the sparse inputs is users × k.
+  copied contiguous (3.8 MB at 3,706 items, cache resident; 27 MB at 26,744, which is not), and every
+  user's tile of scores is summed from its affinity row, normalised, its seen items skipped and the rest
+  folded into the user's running top k. Nothing of size users × items is formed: memory beyond S and
+  the sparse inputs is users × k.
 - Both use every core (``prange`` over item rows, resp. blocks of ``block_size`` users); results do
   not depend on the number of threads.
 
