@@ -30,8 +30,9 @@ PROTOCOL_EXTRAS = {"s3": "s3", "s3a": "s3"}
 
 
 def resolve_home(home: str | Path | None = None) -> str:
-    """``home``, else ``$MOVIELENS_BENCHMARK_HOME``, else the local cache (:func:`recmodels.datasets.benchmark_home`); local folders are
-    made absolute (``~`` expanded, ``file://`` dropped) so every process resolves them alike."""
+    """``home``, else ``$MOVIELENS_BENCHMARK_HOME``, else the local cache
+    (:func:`recmodels.datasets.benchmark_home`); local folders are made absolute (``~`` expanded,
+    ``file://`` dropped) so every process resolves them alike."""
     value = str(home or os.environ.get("MOVIELENS_BENCHMARK_HOME") or benchmark_home())
     if value.startswith("file://"):
         value = value.removeprefix("file://")
@@ -94,9 +95,10 @@ def _move_into_place(fs: AbstractFileSystem, tmp: str, path: str) -> None:
             os.replace(tmp, path)
         else:
             fs.mv(tmp, path)
-    finally:
+    except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)
+        raise
 
 
 def write_bytes_atomic(data: bytes, url: str) -> str:

@@ -141,11 +141,11 @@ def _log_model(model: Any) -> None:
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
 
 
-def _log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
-    """Log ``frame`` as a Parquet artifact (written locally first: the home may be a URL)."""
+def _log_bytes(data: bytes, artifact_file: str) -> None:
+    """Log ``data`` as the artifact ``artifact_file`` (through a local file: the home may be a URL)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
-        frame.to_parquet(path, index=False)
+        path.write_bytes(data)
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
 
 
@@ -233,8 +233,9 @@ def train_and_evaluate(
         for epoch in getattr(model, "history_", []):
             step = int(epoch["epoch"])
             mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
-        storage.write_parquet_atomic(recs, storage.join(output_dir, name, "recommendations.parquet"))
-        _log_frame(recs, "recommendations/recommendations.parquet")
+        recs_parquet = recs.to_parquet(index=False)
+        storage.write_bytes_atomic(recs_parquet, storage.join(output_dir, name, "recommendations.parquet"))
+        _log_bytes(recs_parquet, "recommendations/recommendations.parquet")
         _log_learning_curve(getattr(model, "history_", []), name)
         _log_model(model)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})
