@@ -292,10 +292,9 @@ def unit_score_range(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's min and max of W S over the columns of ``similarity`` (all items or one shard)."""
     unit = unit_affinity.tocsr()
-    with numba.parallel_chunksize(1):  # blocks to whichever thread is free: robust on a busy machine
-        return _score_range_kernel(
-            unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
-        )
+    return _score_range_kernel(
+        unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
+    )
 
 
 def top_k_items(
@@ -325,31 +324,32 @@ def top_k_items(
         unit_min, unit_max, rating_min, rating_max = normalize
         lo, span = _normalize_terms(unit_min, unit_max, rating_min, rating_max)
         scale = rating_max - rating_min
-    with numba.parallel_chunksize(1):  # blocks to whichever thread is free: robust on a busy machine
-        return _top_k_kernel(
-            affinity.indptr,
-            affinity.indices,
-            affinity.data,
-            np.ascontiguousarray(similarity, np.float64),
-            seen.indptr,
-            seen.indices,
-            first_item,
-            exclude_seen,
-            k,
-            lo,
-            span,
-            rating_min,
-            scale,
-            block_size,
-        )
+    return _top_k_kernel(
+        affinity.indptr,
+        affinity.indices,
+        affinity.data,
+        np.ascontiguousarray(similarity, np.float64),
+        seen.indptr,
+        seen.indices,
+        first_item,
+        exclude_seen,
+        k,
+        lo,
+        span,
+        rating_min,
+        scale,
+        block_size,
+    )
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _copy_tile(similarity: np.ndarray, start: int, tile: np.ndarray) -> int:
     """Copy similarity[:, start:start + SCORE_TILE] into the front of ``tile``; return its width."""
-    width = min(SCORE_TILE, similarity.shape[1] - start)
-    for i in prange(similarity.shape[0]):
-        tile[i, :width] = similarity[i, start : start + width]
+    n_rows, width = similarity.shape[0], min(SCORE_TILE, similarity.shape[1] - start)
+    for block in prange((n_rows + 63) // 64):  # element loops: a slice assignment per row costs ~1 µs
+        for i in range(block * 64, min(block * 64 + 64, n_rows)):
+            for j in range(width):
+                tile[i, j] = similarity[i, start + j]
     return width
 
 
@@ -413,6 +413,7 @@ def _top_k_kernel(
             for u in range(block * block_size, min(block * block_size + block_size, n_users)):
                 _score_tile(indptr, indices, data, tile, u, scores)
                 best, where = values[u], positions[u]
+                threshold = best[k - 1]
                 s, end = next_seen[u], seen_indptr[u + 1]
                 for j in range(width):
                     item = first_item + start + j
@@ -424,12 +425,13 @@ def _top_k_kernel(
                     x = scores[j]
                     if len(lo):
                         x = rating_min + (x - lo[u]) * scale / span[u]
-                    if x > best[k - 1]:  # ties keep the lower item, met first
+                    if x > threshold:  # ties keep the lower item, met first
                         m = k - 1
                         while m > 0 and x > best[m - 1]:
                             best[m], where[m] = best[m - 1], where[m - 1]
                             m -= 1
                         best[m], where[m] = x, item
+                        threshold = best[k - 1]
                 next_seen[u] = s
     return positions, values
 
