@@ -44,13 +44,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("train", "validation_fold_in", "validation", "test_fold_in", "test")
 # Small enough for seconds per fit on 2 cores, large enough to beat popularity clearly: 10 steps of 75
-# users an epoch (min_batch_size=75; the paper's floor of 500 would leave 12 steps in 6 epochs).
+# users an epoch (min_batch_size=75; the paper's floor of 500 would leave 12 steps in 6 epochs). Its 60
+# steps would make a short run (no annealing, no dropout); short_run_steps=0 keeps the paper's path.
 SMALL = {
     "hidden_dims": (200, 50),
     "epochs": 6,
     "validation_step": 2,
     "lr": 3e-3,
     "min_batch_size": 75,
+    "short_run_steps": 0,
     "seed": 0,
 }
 
@@ -113,24 +115,32 @@ def test_seed_defaults_and_small_data_rule():
         (600, 200),
     )
     # ML-100K's 750 training users: 10 batches would hold 75, below the paper's 500, so 2 steps of 375
-    # (epoch_batches splits evenly); 200 · 2 = 400 steps, so β reaches 0.2 at the last one when
-    # 0.2 · T = 400, T = 2,000 (the seed's 200,000 would stop at β = 0.002).
+    # (epoch_batches splits evenly); 200 · 2 = 400 steps, fewer than 1,000: β at the cap from the
+    # second step (T = 1), no input dropout.
     small = adapt_to_data(config, 750)
-    assert (small.batch_size, small.total_anneal_steps) == (500, 2_000)
+    assert (small.batch_size, small.total_anneal_steps, small.keep_prob) == (500, 1, 1.0)
+    assert [anneal_beta(s, small.total_anneal_steps, small.anneal_cap) for s in (0, 1, 399)] == [0, 0.2, 0.2]
     assert small.lam == pytest.approx(0.01 * 750 / 116_677)
+    # Without the short-run part, β reaches 0.2 at the last step when 0.2 · T = 400, T = 2,000 (the
+    # seed's 200,000 would stop at β = 0.002), and the paper's dropout stays.
+    annealed = adapt_to_data(replace(config, short_run_steps=0), 750)
+    assert (annealed.batch_size, annealed.total_anneal_steps, annealed.keep_prob) == (500, 2_000, 0.5)
     # Two workers: 500 users each a step, 1 global step of 1,000 an epoch, 200 in all: T = 1,000.
-    two = adapt_to_data(config, 750, world_size=2)
+    two = adapt_to_data(replace(config, short_run_steps=0), 750, world_size=2)
     assert (two.batch_size, two.total_anneal_steps) == (500, 1_000)
-    # Without the floor, 10 batches of 75: 2,000 steps, T = 10,000.
+    assert adapt_to_data(config, 750, world_size=2).total_anneal_steps == 1
+    # Without the floor, 10 batches of 75: 2,000 steps (not short), T = 10,000.
     floorless = adapt_to_data(replace(config, min_batch_size=1), 750)
-    assert (floorless.batch_size, floorless.total_anneal_steps) == (75, 10_000)
+    assert (floorless.batch_size, floorless.total_anneal_steps, floorless.keep_prob) == (75, 10_000, 0.5)
     # 6,040 users (ML-1M): 10 batches of 604, above the floor.
-    assert adapt_to_data(config, 6_040).batch_size == 604
+    ml1m = adapt_to_data(config, 6_040)
+    assert (ml1m.batch_size, ml1m.total_anneal_steps, ml1m.keep_prob) == (604, 10_000, 0.5)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
     assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
     # A run long enough to reach the cap keeps the configured annealing.
-    assert adapt_to_data(replace(config, total_anneal_steps=1_000), 750).total_anneal_steps == 1_000
+    long_enough = replace(config, total_anneal_steps=1_000, short_run_steps=0)
+    assert adapt_to_data(long_enough, 750).total_anneal_steps == 1_000
 
 
 def test_anneal_beta_is_linear_then_capped():
