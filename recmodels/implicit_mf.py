@@ -132,7 +132,7 @@ def minibatch_gradient(
     if loss == "pointwise":
         losses, grad_rows, grad_index = _pointwise_rows(rows, index)
     else:
-        losses, grad_rows, grad_index = _pairwise_rows(loss, rows, index)
+        losses, grad_rows, grad_index = _pairwise_rows(loss, weight, rows, index)
     if compute_dtype is not None:
         grad_rows = grad_rows.to(grad.dtype)
     grad.zero_().index_add_(0, grad_index.view(-1), grad_rows.flatten(0, 1))
@@ -140,20 +140,18 @@ def minibatch_gradient(
 
 
 def _pairwise_rows(
-    loss: Loss, rows: torch.Tensor, index: torch.Tensor
+    loss: Loss, weight: torch.Tensor, rows: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Losses, gradient rows and their table rows of a bpr, hinge or adaptive hinge minibatch."""
-    user, positive, negative, *more = rows.unbind(0)
+    user, positive, negative = rows[0], rows[1], rows[2]
     user.select(-1, -1).fill_(1)  # [p_u | 1]
-    if more:  # adaptive hinge: the highest-scored negative of each positive
-        size = index.shape[1]
-        scores = torch.linalg.vecdot(rows.narrow(0, 1, 2 + len(more)), user)  # ŷ − b_u, (1 + n) × B
-        highest, hardest = scores.narrow(0, 1, 1 + len(more)).max(0)
-        difference = highest - scores[0]
-        pick = torch.add(torch.arange(2 * size, 3 * size, device=index.device), hardest, alpha=size)
-        negative.copy_(rows.flatten(0, 1).index_select(0, pick)).sub_(positive)  # [q_j − q_i | c_j − c_i]
-        grad_index = index.narrow(0, 0, 3).flip(0)
-        grad_index[0] = index.view(-1).index_select(0, pick)
+    if rows.shape[0] > 3:  # adaptive hinge: the highest-scored negative of each positive
+        scores = torch.linalg.vecdot(rows.narrow(0, 1, rows.shape[0] - 1), user)  # ŷ − b_u, (1 + n) × B
+        highest, hardest = scores.narrow(0, 1, rows.shape[0] - 2).max(0)
+        difference = highest.sub_(scores[0])
+        hardest_items = index.narrow(0, 2, rows.shape[0] - 2).gather(0, hardest.unsqueeze(0)).squeeze(0)
+        torch.sub(torch.embedding(weight, hardest_items), positive, out=negative)  # [q_j − q_i | c_j − c_i]
+        grad_index = torch.stack([hardest_items, index[1], index[0]])
         rows = rows.narrow(0, 0, 3)
     else:
         difference = torch.linalg.vecdot(negative.sub_(positive), user)  # ŷ(u,j) − ŷ(u,i)
@@ -196,12 +194,14 @@ class DenseAdam:
     exp_avg: torch.Tensor = field(init=False)
     exp_avg_sq: torch.Tensor = field(init=False)
     steps: torch.Tensor = field(init=False)
+    _one: torch.Tensor = field(init=False, repr=False)
     _state: tuple[list[torch.Tensor], ...] = field(init=False, repr=False)
     _hyper: dict[str, float | bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.grad, self.exp_avg, self.exp_avg_sq = (torch.zeros_like(self.weight) for _ in range(3))
         self.steps = torch.zeros((), device=self.weight.device)
+        self._one = torch.ones((), device=self.weight.device)  # ``steps += 1`` would wrap 1 at every step
         self._state = (
             [self.weight.detach()],
             [self.grad],
@@ -222,7 +222,7 @@ class DenseAdam:
 
     def step(self) -> None:
         """Update ``weight`` in place with the gradient in ``grad``."""
-        self.steps += 1
+        self.steps.add_(self._one)
         torch._fused_adam_(*self._state, **self._hyper)
 
 

@@ -153,16 +153,18 @@ def test_minibatches_are_contiguous_column_blocks() -> None:
     ]
 
 
-def test_bfloat16_batch_arithmetic_stays_close_to_float32() -> None:
+@pytest.mark.parametrize("loss", LOSSES)
+def test_bfloat16_batch_arithmetic_stays_close_to_float32(loss: str) -> None:
     gen = torch.Generator().manual_seed(0)
     net = BilinearNet(50, 80, 16, gen)
+    items = 6 if loss == "adaptive_hinge" else 2
     index = torch.cat(
-        [torch.randint(0, 50, (1, 64), generator=gen), torch.randint(50, 130, (2, 64), generator=gen)]
+        [torch.randint(0, 50, (1, 64), generator=gen), torch.randint(50, 130, (items, 64), generator=gen)]
     )
     exact, mixed = torch.empty_like(net.weight), torch.empty_like(net.weight)
     with torch.no_grad():
-        value = minibatch_gradient(net.weight, exact, index, "bpr")
-        value_bf16 = minibatch_gradient(net.weight, mixed, index, "bpr", torch.bfloat16)
+        value = minibatch_gradient(net.weight, exact, index, loss)
+        value_bf16 = minibatch_gradient(net.weight, mixed, index, loss, torch.bfloat16)
     assert mixed.dtype == torch.float32
     assert value_bf16.float().mean().item() == pytest.approx(value.mean().item(), rel=1e-2)
     torch.testing.assert_close(mixed, exact, rtol=2e-2, atol=1e-4)
