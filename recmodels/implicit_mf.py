@@ -25,6 +25,10 @@ Adaptive hinge compares each positive with the user's own n negatives, as ``spot
 it; Spotlight's ``_get_multiple_negative_predictions`` reshapes its (user, negative) scores so that a
 positive meets negatives scored for neighbouring users of the batch, a bug not reproduced here.
 
+On the CPU (float32) an epoch runs as one compiled kernel, ``recmodels.implicit_mf_cpu``, that does the
+steps below without per-operation dispatch; on a GPU (and with ``mixed_precision``) they run as tensor
+operations. Both take the same sampled index, so a seed trains the same model on either, to rounding.
+
 Same algorithm, less work per step (at batch 256 a step costs a few dozen small tensor operations, so
 their number is the cost): the four tables are one tensor, rows [p_u | b_u] for users then [q_i | c_i] for
 items, so a minibatch is one gather, its gradient (written out below) one ``index_add_``, and the Adam
@@ -45,7 +49,7 @@ as ``torch.max`` routes it); for pointwise, with α = ∂loss/∂ŷ(u,i) and β 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -56,6 +60,7 @@ import scipy.sparse as sp
 from recmodels._columns import ITEM, USER, require_columns
 from recmodels.base import IdIndex, interaction_matrix, recommendations_frame, require_fitted
 from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingExtra
+from recmodels.implicit_mf_cpu import CompiledEpochs
 
 try:
     import torch
@@ -230,8 +235,9 @@ class DenseAdam:
 class ImplicitFactorization:
     """Spotlight's ImplicitFactorizationModel (module docstring) with its defaults, ``loss`` aside.
 
-    ``device="auto"`` trains on CUDA when it is visible, else on the CPU; ``mixed_precision`` does the
-    batch arithmetic in bfloat16 (float32 table and Adam state), meant for GPUs. After ``fit``:
+    ``device="auto"`` trains on CUDA when it is visible, else on the CPU (the compiled epoch);
+    ``mixed_precision`` does the batch arithmetic in bfloat16 (float32 table and Adam state) with tensor
+    operations, meant for GPUs. After ``fit``:
     ``history_`` (one dict per epoch: epoch, loss, epoch_seconds, interactions_per_second) and
     ``module_`` (the trained :class:`BilinearNet`, e.g. for ``mlflow.pytorch.log_model``).
     """
@@ -284,11 +290,11 @@ class ImplicitFactorization:
         else:
             generator.manual_seed(self.seed)
         self.module_ = BilinearNet(n_users, n_items, self.embedding_dim, generator, device)
-        optimizer = DenseAdam(self.module_.weight, self.learning_rate, self.l2)
+        train_epoch = self._epoch_trainer(device)
         self.history_ = []
         for epoch in range(1, self.n_iter + 1):
             start = time.perf_counter()
-            loss = self._epoch(optimizer, pairs, generator)
+            loss = mean_of_batch_means(train_epoch(self._epoch_index(pairs, generator)), self.batch_size)
             seconds = time.perf_counter() - start
             if not np.isfinite(loss):
                 raise InvalidConfig(
@@ -305,25 +311,40 @@ class ImplicitFactorization:
             )
         return self
 
-    def _epoch(self, optimizer: DenseAdam, pairs: torch.Tensor, generator: torch.Generator) -> float:
-        """One shuffled pass over the (user, item) ``pairs``; the mean of the minibatch losses (one sync)."""
+    def _epoch_index(self, pairs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """An epoch's (2 + n) × rows table rows: the (user, item) ``pairs`` shuffled, then n negatives each."""
         n_users, n_items = self.module_.n_users, self.module_.n_items
         n_negatives = self.num_negatives if self.loss == "adaptive_hinge" else 1
-        compute_dtype = torch.bfloat16 if self.mixed_precision else None
         rows = pairs.shape[1]
         order = torch.randperm(rows, generator=generator, device=pairs.device)
         negatives = torch.randint(
             n_users, n_users + n_items, (n_negatives, rows), generator=generator, device=pairs.device
         )
-        index = torch.cat([pairs[:, order], negatives])  # (2 + n) × rows
-        losses = []
-        with torch.inference_mode():
-            for batch in minibatches(index, self.batch_size):
-                losses.append(
-                    minibatch_gradient(optimizer.weight, optimizer.grad, batch, self.loss, compute_dtype)
-                )
-                optimizer.step()
-        return mean_of_batch_means(torch.cat(losses).float(), self.batch_size)
+        return torch.cat([pairs[:, order], negatives])
+
+    def _epoch_trainer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function from an epoch's index to each positive's loss, training ``module_`` in place: on the
+        CPU in float32 the compiled epoch of ``recmodels.implicit_mf_cpu``, else tensor operations."""
+        weight = self.module_.weight
+        if device.type == "cpu" and not self.mixed_precision:
+            epochs = CompiledEpochs(
+                weight.detach().numpy(), self.loss, self.batch_size, self.learning_rate, self.l2
+            )
+            return lambda index: torch.from_numpy(epochs.epoch(index.numpy()))
+        optimizer = DenseAdam(weight, self.learning_rate, self.l2)
+        compute_dtype = torch.bfloat16 if self.mixed_precision else None
+
+        def tensor_epoch(index: torch.Tensor) -> torch.Tensor:
+            losses = []
+            with torch.inference_mode():
+                for batch in minibatches(index, self.batch_size):
+                    losses.append(
+                        minibatch_gradient(optimizer.weight, optimizer.grad, batch, self.loss, compute_dtype)
+                    )
+                    optimizer.step()
+            return torch.cat(losses).float()
+
+        return tensor_epoch
 
     def recommend(
         self, users: Iterable[int] | None = None, k: int = 10, exclude_seen: bool = True

@@ -31,6 +31,7 @@ from recmodels.implicit_mf import (  # noqa: E402
     pairwise_loss,
     pointwise_loss,
 )
+from recmodels.implicit_mf_cpu import CompiledEpochs  # noqa: E402
 from recmodels.metrics import map_at_k, ndcg_at_k  # noqa: E402
 from recmodels.popularity import Popularity  # noqa: E402
 from recmodels.preprocessing import Split, split_random, transpose  # noqa: E402
@@ -187,6 +188,58 @@ def test_dense_adam_is_torch_adam_with_weight_decay(l2: float) -> None:
         ours.grad.copy_(grad)
         ours.step()
     torch.testing.assert_close(ours.weight, reference, rtol=1e-6, atol=1e-7)
+
+
+def _tensor_epochs(start: torch.Tensor, index: torch.Tensor, loss: str, l2: float, epochs: int) -> DenseAdam:
+    optimizer = DenseAdam(torch.nn.Parameter(start.clone()), 0.05, l2)
+    with torch.no_grad():
+        for _ in range(epochs):
+            for batch in minibatches(index, 32):
+                minibatch_gradient(optimizer.weight, optimizer.grad, batch, loss)
+                optimizer.step()
+    return optimizer
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_compiled_cpu_epoch_is_the_tensor_steps_to_float32_rounding(loss: str, l2: float) -> None:
+    """recmodels.implicit_mf_cpu against minibatch_gradient + DenseAdam on the same index, two epochs (the
+    step count carries over) with a last short batch, users and items repeated within batches and rows a
+    step does not touch (Adam's moments still decay there): as close to float64 tensor steps as float32
+    tensor steps are."""
+    gen = torch.Generator().manual_seed(0)
+    start = BilinearNet(30, 50, 8, gen).weight.detach()
+    items = 6 if loss == "adaptive_hinge" else 2
+    index = torch.cat(
+        [torch.randint(0, 25, (1, 150), generator=gen), torch.randint(30, 70, (items, 150), generator=gen)]
+    )  # users 25..29 and items 70..79 are never drawn
+    exact = _tensor_epochs(start.double(), index, loss, l2, 2)
+    tensor_error = (_tensor_epochs(start, index, loss, l2, 2).weight.double() - exact.weight).abs().max()
+    compiled = CompiledEpochs(start.numpy().copy(), loss, 32, 0.05, l2)
+    losses = np.concatenate([compiled.epoch(index.numpy()) for _ in range(2)])
+
+    assert compiled.steps == exact.steps.item() == 10
+    assert (
+        torch.from_numpy(compiled.weight).double() - exact.weight
+    ).abs().max() <= 1.5 * tensor_error + 1e-7
+    torch.testing.assert_close(
+        torch.from_numpy(compiled.exp_avg).double(), exact.exp_avg, rtol=1e-4, atol=1e-7
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(compiled.exp_avg_sqrt).double() ** 2, exact.exp_avg_sq, rtol=1e-4, atol=1e-10
+    )
+    assert losses.shape == (300,)  # each positive's loss; the first batch's from the starting weights
+    torch.testing.assert_close(
+        torch.from_numpy(losses[:32]).double(),
+        minibatch_gradient(
+            start.double(), torch.empty_like(start.double()), index[:, :32].contiguous(), loss
+        ),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    never_drawn = torch.from_numpy(compiled.weight[70:]) == start[70:]
+    assert never_drawn.all() if l2 == 0 else not never_drawn[:, :-1].any()  # only weight decay moves them
+    assert not compiled.grad.any() and not compiled.touched.any()
 
 
 def test_initialisation_follows_spotlight_layers() -> None:
