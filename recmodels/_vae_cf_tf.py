@@ -1,7 +1,7 @@
 """TensorFlow backend of VAE-CF (the seed): the Mult-VAE of :mod:`recmodels.vae_cf` (math there).
 
 As in NVIDIA's optimised VAE-CF: training batches come from a ``tf.data`` pipeline that slices rows of
-the L2-normalised CSR matrix into ``tf.SparseTensor``\\ s (no dense users × items input), the first Dense
+the encoder-input CSR matrix (L2-normalised rows, or binary ones) into ``tf.SparseTensor``\\ s (no dense users × items input), the first Dense
 layer consumes them as a sparse embedding lookup, and with Horovod each worker trains on its share of
 every global batch, averaging gradients with ``DistributedGradientTape`` after an initial broadcast of
 the weights from rank 0, with the learning rate multiplied by the number of workers. ``use_amp`` gives
@@ -76,7 +76,7 @@ class MultVAE(tf.Module):
 
     @tf.function(input_signature=[SPARSE_INPUT])
     def logits(self, x: tf.SparseTensor) -> tf.Tensor:
-        """Scores of all items for L2-normalised rows (z = μ, no dropout)."""
+        """Scores of all items for rows of encoder input (z = μ, no dropout)."""
         return self.decode(self.encode(x)[0])
 
     @tf.function(
@@ -87,7 +87,8 @@ class MultVAE(tf.Module):
         ]
     )
     def serve(self, indices: tf.Tensor, values: tf.Tensor, dense_shape: tf.Tensor) -> dict[str, tf.Tensor]:
-        """SavedModel signature: COO parts of L2-normalised user rows → item logits."""
+        """SavedModel signature: COO parts of user rows as the encoder reads them (L2-normalised,
+        binary where the logged ``normalize_input`` is false) → item logits."""
         return {"logits": self.logits(tf.SparseTensor(indices, values, dense_shape))}
 
 

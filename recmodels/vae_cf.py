@@ -7,7 +7,8 @@ fold-in): TensorFlow (``backend="tf"``, the seed; Horovod data parallelism, Kera
 
 Model (paper §2, Fig. 2c). A user is the binary row :math:`x_u \in \{0,1\}^I` of the interaction
 matrix. The encoder (inference network, §2.2) reads the L2-normalised row with input dropout
-(keep probability 0.5, surviving entries scaled by 1/0.5),
+(keep probability 0.5, surviving entries scaled by 1/0.5); ``normalize_input=False`` feeds the binary
+row itself, as cornac's VAECF does (measured below the small data rule, not a default),
 
 .. math::
     \tilde x_u = \mathrm{dropout}(x_u / \lVert x_u \rVert_2),\quad
@@ -71,6 +72,14 @@ Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 anne
   (seeds 20-28) +0.002 ± 0.002 and +0.002 ± 0.001, ahead on 6 and 7 of 9. Both parts are regularisers
   tuned for long runs: annealing spends most of a 200-step run at small β, and dropout halves the
   little evidence one step sees;
+- the input stays L2-normalised. Binary rows (``normalize_input=False``, cornac's input) were measured
+  on validation users the same way: latest-small (splits 20-35) +0.006 ± 0.002 best-epoch, ahead on 13
+  of 16, but ML-100K (splits 20-27) −0.012 ± 0.005, ahead on 2 of 8: there its validation curve peaks
+  by epoch 22-81 and falls (70-126 with normalised input). The two differ in shape (training users ×
+  items: 750 × 1,409, 4.3% dense, against 483 × 5,754, 1.3%), and no rule fitted to two data sets
+  would be evidence, so the paper's input stays the default. PyTorch's default initialisation
+  (U(±1/√fan_in), cornac's) instead of Glorot lost −0.015 ± 0.003 on latest-small (ahead on 0 of 8)
+  and with binary input gained no more than binary input alone;
 - λ is scaled by ``min(1, users / 116,677)``, the share of ML-20M's training users: the likelihood is
   a mean over a batch's users and the L2 pull on each weight is the same at every step, while the
   evidence for an item's weights grows with the users who chose it, so the seed's λ swamps the rare
@@ -83,7 +92,8 @@ Measured test NDCG@100 with these defaults (``benchmarks/vae_cf_benchmark.py qua
 difference with cornac's VAECF on the same splits; benchmarks/README.md has the table): ML-100K (5
 seeds, 94 test users each) 0.442 ± 0.008 against cornac's 0.425 ± 0.009, difference +0.017 ± 0.004
 (ahead on 5 of 5); ML-latest-small (20 seeds, ~60 test users) 0.321 ± 0.005 against 0.326 ± 0.006,
-difference −0.004 ± 0.003 (ahead on 9 of 20; −0.011 ± 0.004 before the short-run rule).
+difference −0.004 ± 0.003 (ahead on 9 of 20; −0.011 ± 0.004 before the short-run rule; with
+``normalize_input=False``, chosen on its validation users, 0.325 ± 0.006, −0.001 ± 0.002, ahead on 7).
 Popularity: 0.252 and 0.190.
 """
 
@@ -141,6 +151,7 @@ class VAECFConfig:
     anneal_cap: float = 0.2
     lam: float = 0.01
     keep_prob: float = 0.5  # input dropout
+    normalize_input: bool = True  # the encoder reads x_u / ‖x_u‖₂ (the paper); False: the binary row x_u
     validation_step: int = 1  # validate every this many epochs (and after the last)
     eval_batch_size: int = 2_000  # users scored at once in validation, test and recommend
     use_amp: bool = False  # float16 + loss scaling on GPU, bfloat16 on CPU; softmax and loss in float32
@@ -216,6 +227,11 @@ def l2_normalize_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
+def encoder_input(rows: sp.csr_matrix, config: VAECFConfig) -> sp.csr_matrix:
+    """Binary user rows as the encoder reads them: L2-normalised unless ``config.normalize_input`` is off."""
+    return l2_normalize_rows(rows) if config.normalize_input else rows
+
+
 def epoch_batches(
     n_users: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> list[np.ndarray]:
@@ -260,15 +276,16 @@ def metric_sums(scores: np.ndarray, heldout: sp.csr_matrix) -> np.ndarray:
 class _Backend(Protocol):
     """What :mod:`recmodels._vae_cf_tf` and :mod:`recmodels._vae_cf_torch` implement."""
 
+    config: VAECFConfig
     rank: int
     world_size: int
 
     def train_epoch(self, steps: list[tuple[np.ndarray, float]]) -> np.ndarray:
-        """One pass over (rows, β) steps of the normalised train matrix; returns [Σ loss·users, users]."""
+        """One pass over (rows, β) steps of the train matrix's encoder input; returns [Σ loss·users, users]."""
         ...
 
     def logits(self, inputs: sp.csr_matrix) -> np.ndarray:
-        """Decoder logits (z = μ, no dropout) for L2-normalised rows, float32 users × items."""
+        """Decoder logits (z = μ, no dropout) for rows of encoder input, float32 users × items."""
         ...
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
@@ -285,7 +302,7 @@ class _Backend(Protocol):
 
 
 def make_backend(config: VAECFConfig, train: sp.csr_matrix, horovod: bool = False) -> _Backend:
-    """Instantiate the configured backend on the L2-normalised ``train`` matrix."""
+    """Instantiate the configured backend on ``train``, the training users' encoder input."""
     if config.backend == "torch" and horovod:
         raise InvalidConfig(
             "backend='torch' runs in one process; use backend='tf' for Horovod data parallelism, "
@@ -354,7 +371,8 @@ class VAECF:
         adapt = adapt_to_data if self.config.adapt_to_data else lambda config, *_: config
         # λ and the batch do not depend on the number of workers, which the backend learns from Horovod;
         # the annealing length does, so it is set once the backend is up.
-        backend = make_backend(adapt(self.config, len(self._users)), l2_normalize_rows(self._train), horovod)
+        backend_config = adapt(self.config, len(self._users))
+        backend = make_backend(backend_config, encoder_input(self._train, backend_config), horovod)
         self._backend = backend
         config = adapt(self.config, len(self._users), backend.world_size)
         self.fitted_config_ = config
@@ -399,9 +417,9 @@ class VAECF:
 
     def _scores(self, rows: sp.csr_matrix, exclude_seen: bool) -> Iterator[tuple[slice, np.ndarray]]:
         assert self._backend is not None
-        normalized = l2_normalize_rows(rows)
+        inputs = encoder_input(rows, self._backend.config)
         for block in user_blocks(rows.shape[0], self.config.eval_batch_size):
-            scores = self._backend.logits(normalized[block])
+            scores = self._backend.logits(inputs[block])
             if exclude_seen:
                 mask_seen(scores, rows[block])
             yield block, scores

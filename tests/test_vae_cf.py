@@ -33,6 +33,7 @@ from recmodels.vae_cf import (
     adapt_to_data,
     anneal_beta,
     binary_matrix,
+    encoder_input,
     epoch_batches,
     l2_normalize_rows,
     metric_sums,
@@ -167,6 +168,8 @@ def test_l2_normalised_rows_and_sparse_parts():
     assert indices.tolist() == [[0, 1], [1, 0], [1, 1], [1, 3], [1, 4]]
     np.testing.assert_allclose(values, [1, 0.5, 0.5, 0.5, 0.5])
     assert shape.tolist() == [2, 5]
+    assert encoder_input(x, VAECFConfig(normalize_input=False)) is x  # the binary rows, as cornac feeds
+    np.testing.assert_array_equal(encoder_input(x, VAECFConfig()).toarray(), normalized.toarray())
 
 
 def test_metric_sums_by_hand():
@@ -301,7 +304,9 @@ def test_saved_models_reproduce_the_recommendations(tf_model, torch_model, split
     users = IdIndex.from_values(fold_in[USER])
     items = IdIndex(np.load(tf_model.save(tmp_path / "tf").parent / "item_ids.npy"))
     seen = binary_matrix(fold_in, users, items)
-    inputs = l2_normalize_rows(seen)
+    config = tf_model.fitted_config_
+    assert config.normalize_input == torch_model.fitted_config_.normalize_input
+    inputs = encoder_input(seen, config)  # the rows as the logged normalize_input says
 
     def top_10(scores: np.ndarray) -> pd.DataFrame:
         mask_seen(scores, seen)
