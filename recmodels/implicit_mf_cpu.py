@@ -18,7 +18,8 @@ Arithmetic is float32 like the tensor path; the results agree with it to float32
 with the same sampled index tensors, so a seed gives the same training on either path. The kernel runs
 on one core: at MovieLens table sizes (10⁴ rows) a step's dense update takes ~0.1 ms, less than a numba
 parallel region costs to start (measured: 20–30% slower epochs with ``prange`` on 2 threads). numba
-compiles it once per installation (~1 s, cached beside the module) and loads it in ~0.1 s per process.
+compiles it once per installation (~1 s, cached beside the module) and loads it in ~0.3 s per process,
+when the trainer is built (outside the epochs' timings); it releases the GIL while it runs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class CompiledEpochs:
     def __post_init__(self) -> None:
         self.exp_avg, self.exp_avg_sqrt, self.grad = (np.zeros_like(self.weight) for _ in range(3))
         self.touched = np.zeros(len(self.weight), np.bool_)
+        self.epoch(np.zeros((3, 0), np.int64))  # compile or load the kernel now, outside any timed epoch
 
     def epoch(self, index: np.ndarray) -> np.ndarray:
         """Minibatch steps over the columns of ``index`` ((2 + n) × rows, int64); each positive's loss."""
@@ -86,7 +88,7 @@ def _sigmoid(x: np.float32) -> np.float32:
     return np.float32(1) / (np.float32(1) + np.exp(-x))
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", nogil=True)
 def _train_epoch(
     weight: np.ndarray,
     exp_avg: np.ndarray,
@@ -136,7 +138,7 @@ def _accumulate_gradient(
         positive, negative = _score(weight, u, i), _score(weight, u, j)
         for n in range(3, index.shape[0]):  # adaptive hinge: the highest-scored of the negatives
             score = _score(weight, u, index[n, c])
-            if score > negative:
+            if score > negative or score != score:  # a NaN wins, as in torch.max
                 negative, j = score, index[n, c]
         if loss_code == 0:  # pointwise: α = ∂/∂ŷ(u,i), β = ∂/∂ŷ(u,j)
             sigmoid_i = _sigmoid(positive + weight[u, d])
