@@ -1,8 +1,8 @@
 """PyTorch backend of VAE-CF: the Mult-VAE of :mod:`recmodels.vae_cf` (math there) in one process.
 
 The training matrix (the encoder input: L2-normalised rows, or binary ones) lives on the device as CSR
-arrays; each step gathers its users' rows there and feeds them to the first layer as an ``embedding_bag`` (a sparse × dense product), so no dense
-users × items input is ever built. Mixed precision: ``torch.autocast`` with float16 and a gradient
+arrays; each step gathers its users' rows there and feeds them to the first layer as an
+``embedding_bag`` (a sparse × dense product), so no dense users × items input is ever built. Mixed precision: ``torch.autocast`` with float16 and a gradient
 scaler on CUDA, bfloat16 on CPU; the log-softmax, the loss and the KL term are computed in float32.
 """
 

@@ -60,7 +60,7 @@ import scipy.sparse as sp
 from recmodels._columns import ITEM, USER, require_columns
 from recmodels.base import IdIndex, interaction_matrix, recommendations_frame, require_fitted
 from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingExtra
-from recmodels.implicit_mf_cpu import CompiledEpochs
+from recmodels.implicit_mf_cpu import BETA1, BETA2, EPS, CompiledEpochs
 
 try:
     import torch
@@ -217,10 +217,10 @@ class DenseAdam:
         )
         self._hyper = {
             "lr": self.learning_rate,
-            "beta1": 0.9,
-            "beta2": 0.999,
+            "beta1": BETA1,
+            "beta2": BETA2,
             "weight_decay": self.weight_decay,
-            "eps": 1e-8,
+            "eps": EPS,
             "amsgrad": False,
             "maximize": False,
         }
