@@ -6,7 +6,8 @@ dense users × items input), the first Dense layer consumes them as a sparse emb
 Horovod each worker trains on its share of every global batch, averaging gradients with
 ``DistributedGradientTape`` after an initial broadcast of the weights from rank 0, with the learning
 rate multiplied by the number of workers. ``use_amp`` gives the layers Keras' mixed-precision policy
-(``mixed_float16`` with dynamic loss scaling on GPU, ``mixed_bfloat16`` on CPU, where float16 is ~100× slower); the softmax and the loss stay in float32.
+(``mixed_float16`` with dynamic loss scaling on GPU, ``mixed_bfloat16`` on CPU, where float16 is ~100×
+slower); the softmax and the loss stay in float32.
 """
 
 from __future__ import annotations
