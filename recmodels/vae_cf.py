@@ -62,16 +62,16 @@ Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 anne
   ``anneal_cap × total_anneal_steps``), annealing is shortened so that it does at the last step, as
   it nearly does in the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model
   selection on validation NDCG sees the whole β range (§2.2.2, Fig. 1);
-- a run of fewer than ``short_run_steps`` (1,000) gradient steps in all, such as ML-100K's 400 and
-  ML-latest-small's 200, holds β at ``anneal_cap`` from its second step (no annealing) and keeps every
-  input entry (no input dropout), as cornac's VAECF does; ML-1M's 2,000 and ML-20M's 2,400 keep the
-  paper's. Measured on validation users only (torch, 200 epochs, paired on seeds each drawing its own
-  split; best-epoch validation NDCG@100, then the top of its 21-epoch moving average, mean ± SE of the
-  differences): latest-small (seeds 20-27) +0.006 ± 0.003 and +0.007 ± 0.003, ahead on 6 and 7 of 8
-  (either part alone, seed 20: +0.011 without dropout, +0.008 without annealing, +0.021 both); ML-100K
-  (seeds 20-28) +0.002 ± 0.002 and +0.002 ± 0.001, ahead on 6 and 7 of 9. Both parts are regularisers
-  tuned for long runs: annealing spends most of a 200-step run at small β, and dropout halves the
-  little evidence one step sees;
+- a run of fewer than ``short_run_steps`` (1,000) gradient steps in all (one worker's count, so N Horovod
+  workers decide as one does), such as ML-100K's 400 and ML-latest-small's 200, holds β at ``anneal_cap``
+  from its second step (no annealing) and keeps every input entry (no input dropout), as cornac's VAECF
+  does; ML-1M's 2,000 and ML-20M's 2,400 keep the paper's. Measured on validation users only (torch, 200
+  epochs, paired on seeds each drawing its own split; best-epoch validation NDCG@100, then the top of its
+  21-epoch moving average, mean ± SE of the differences): latest-small (seeds 20-27) +0.006 ± 0.003 and
+  +0.007 ± 0.003, ahead on 6 and 7 of 8 (either part alone, seed 20: +0.011 without dropout, +0.008
+  without annealing, +0.021 both); ML-100K (seeds 20-28) +0.002 ± 0.002 and +0.002 ± 0.001, ahead on 6 and
+  7 of 9. Both parts are regularisers tuned for long runs: annealing spends most of a 200-step run at
+  small β, and dropout halves the little evidence one step sees;
 - the input stays L2-normalised. Binary rows (``normalize_input=False``, cornac's input) were measured
   on validation users the same way: latest-small (splits 20-35) +0.006 ± 0.002 best-epoch, ahead on 13
   of 16, but ML-100K (splits 20-27) −0.012 ± 0.005, ahead on 2 of 8: there its validation curve peaks
@@ -195,7 +195,8 @@ def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) 
     batch_size = min(config.batch_size, max(config.min_batch_size, steps_batch))
     steps = config.epochs * -(-n_train_users // (batch_size * world_size))
     reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
-    short = steps < config.short_run_steps
+    # One worker's steps: N workers follow the 1-worker run (linear scaling), so they are as short.
+    short = config.epochs * -(-n_train_users // batch_size) < config.short_run_steps
     return replace(
         config,
         batch_size=batch_size,
@@ -369,8 +370,8 @@ class VAECF:
         self._items = IdIndex.from_values(train[ITEM])
         self._train = binary_matrix(train, self._users, self._items)
         adapt = adapt_to_data if self.config.adapt_to_data else lambda config, *_: config
-        # λ and the batch do not depend on the number of workers, which the backend learns from Horovod;
-        # the annealing length does, so it is set once the backend is up.
+        # λ, the batch, dropout and the short-run rule do not depend on the number of workers, which the
+        # backend learns from Horovod; the annealing length does, so it is set once the backend is up.
         backend_config = adapt(self.config, len(self._users))
         backend = make_backend(backend_config, encoder_input(self._train, backend_config), horovod)
         self._backend = backend

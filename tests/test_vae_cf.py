@@ -136,6 +136,10 @@ def test_seed_defaults_and_small_data_rule():
     # 6,040 users (ML-1M): 10 batches of 604, above the floor.
     ml1m = adapt_to_data(config, 6_040)
     assert (ml1m.batch_size, ml1m.total_anneal_steps, ml1m.keep_prob) == (604, 10_000, 0.5)
+    # Four workers take 3 global steps an epoch, 600 in all, but the run is as long as one worker's
+    # 2,000: not short, so dropout (which the backend is built with) and annealing stay together.
+    ml1m_4 = adapt_to_data(config, 6_040, world_size=4)
+    assert (ml1m_4.batch_size, ml1m_4.total_anneal_steps, ml1m_4.keep_prob) == (604, 3_000, 0.5)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
     assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
