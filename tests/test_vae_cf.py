@@ -116,11 +116,11 @@ def test_seed_defaults_and_small_data_rule():
         (600, 200),
     )
     # ML-100K's 750 training users: 10 batches would hold 75, below the paper's 500, so 2 steps of 375
-    # (epoch_batches splits evenly); 200 · 2 = 400 steps, fewer than 1,000: β at the cap from the
-    # second step (T = 1), no input dropout.
+    # (epoch_batches splits evenly); 200 · 2 = 400 steps, fewer than 1,000: β held at short_run_beta
+    # from the second step (T = 1), no input dropout.
     small = adapt_to_data(config, 750)
     assert (small.batch_size, small.total_anneal_steps, small.keep_prob) == (500, 1, 1.0)
-    assert [anneal_beta(s, small.total_anneal_steps, small.anneal_cap) for s in (0, 1, 399)] == [0, 0.2, 0.2]
+    assert [anneal_beta(s, small.total_anneal_steps, small.anneal_cap) for s in (0, 1, 399)] == [0, 0.5, 0.5]
     assert small.lam == pytest.approx(0.01 * 750 / 116_677)
     # Without the short-run part, β reaches 0.2 at the last step when 0.2 · T = 400, T = 2,000 (the
     # seed's 200,000 would stop at β = 0.002), and the paper's dropout stays.
@@ -135,7 +135,12 @@ def test_seed_defaults_and_small_data_rule():
     assert (floorless.batch_size, floorless.total_anneal_steps, floorless.keep_prob) == (75, 10_000, 0.5)
     # 6,040 users (ML-1M): 10 batches of 604, above the floor.
     ml1m = adapt_to_data(config, 6_040)
-    assert (ml1m.batch_size, ml1m.total_anneal_steps, ml1m.keep_prob) == (604, 10_000, 0.5)
+    assert (ml1m.batch_size, ml1m.total_anneal_steps, ml1m.keep_prob, ml1m.anneal_cap) == (
+        604,
+        10_000,
+        0.5,
+        0.2,
+    )
     # Four workers take 3 global steps an epoch, 600 in all, but the run is as long as one worker's
     # 2,000: not short, so dropout (which the backend is built with) and annealing stay together.
     ml1m_4 = adapt_to_data(config, 6_040, world_size=4)
