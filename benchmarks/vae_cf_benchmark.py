@@ -249,7 +249,7 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "variant": variant,
                     "dataset": args.dataset,
                     "train_users": n_train,
-                    "batch_size": results["params"]["batch_size"],
+                    "batch_size": {**results["params"], **results["adapted_params"]}["batch_size"],
                     "workers": workers,
                     "epoch_seconds": epoch_s,
                     "validation_seconds": float(np.mean([h["validation_seconds"] for h in timed_epochs])),

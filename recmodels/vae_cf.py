@@ -62,22 +62,23 @@ Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 anne
   ``anneal_cap × total_anneal_steps``), annealing is shortened so that it does at the last step, as
   it nearly does in the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model
   selection on validation NDCG sees the whole β range (§2.2.2, Fig. 1);
-- a run of fewer than ``short_run_steps`` (1,000) gradient steps in all (one worker's count, so N Horovod
-  workers decide as one does), such as ML-100K's 400 and ML-latest-small's 200, holds β at ``anneal_cap``
-  from its second step (no annealing) and keeps every input entry (no input dropout), as cornac's VAECF
-  does; ML-1M's 2,000 and ML-20M's 2,400 keep the paper's. Measured on validation users only (torch, 200
-  epochs, paired on seeds each drawing its own split; best-epoch validation NDCG@100, then the top of its
-  21-epoch moving average, mean ± SE of the differences): latest-small (seeds 20-27) +0.006 ± 0.003 and
-  +0.007 ± 0.003, ahead on 6 and 7 of 8 (either part alone, seed 20: +0.011 without dropout, +0.008
-  without annealing, +0.021 both); ML-100K (seeds 20-28) +0.002 ± 0.002 and +0.002 ± 0.001, ahead on 6 and
-  7 of 9. Both parts are regularisers tuned for long runs: annealing spends most of a 200-step run at
-  small β, and dropout halves the little evidence one step sees. The β held is ``short_run_beta``
-  (0.5), not the seed's cap of 0.2, which Liang et al. found for ML-20M's annealed runs: held from the
-  start of a short run on few users, a stronger pull to the prior regularises more. Measured the same
-  way, paired with β = 0.2 (latest-small splits 20-35, ML-100K splits 20-27; best epoch, then the
-  11-epoch curve top): β = 0.5 gained +0.003 ± 0.001 and +0.003 ± 0.001 on latest-small (ahead on 14
-  of 16 both), +0.004 ± 0.002 and +0.003 ± 0.001 on ML-100K (7 of 8 both); β = 1 gained
-  +0.002 ± 0.001 (10 of 16) and +0.001 ± 0.003 (5 of 8);
+- a run of fewer than ``short_run_steps`` (1,000) gradient steps in all (counted for the 1-worker run, so
+  N Horovod workers decide as one does), such as ML-100K's 400 and ML-latest-small's 200, holds β at
+  ``short_run_beta`` (in place of ``anneal_cap``) from its second step (no annealing) and keeps every
+  input entry (no input dropout), as cornac's VAECF does; ML-1M's 2,000 and ML-20M's 2,400 keep the
+  paper's. Measured on validation users only (torch, 200 epochs, β held at 0.2, paired on seeds each
+  drawing its own split; best-epoch validation NDCG@100, then the top of its 21-epoch moving average,
+  mean ± SE of the differences): latest-small (seeds 20-27) +0.006 ± 0.003 and +0.007 ± 0.003, ahead on 6
+  and 7 of 8 (either part alone, seed 20: +0.011 without dropout, +0.008 without annealing, +0.021 both);
+  ML-100K (seeds 20-28) +0.002 ± 0.002 and +0.002 ± 0.001, ahead on 6 and 7 of 9. Both parts are
+  regularisers tuned for long runs: annealing spends most of a 200-step run at small β, and dropout
+  halves the little evidence one step sees. The β held is ``short_run_beta`` (0.5), not the seed's cap of
+  0.2, which Liang et al. found for ML-20M's annealed runs: held from the start of a short run on few
+  users, a stronger pull to the prior regularises more. Measured the same way, paired with β = 0.2
+  (latest-small splits 20-35, ML-100K splits 20-27; best epoch, then the 11-epoch curve top): β = 0.5
+  gained +0.003 ± 0.001 and +0.003 ± 0.001 on latest-small (ahead on 14 of 16 both), +0.004 ± 0.002 and
+  +0.003 ± 0.001 on ML-100K (7 of 8 both); β = 1 gained +0.002 ± 0.001 (10 of 16) and +0.001 ± 0.003 (5
+  of 8). ``short_run_steps=0`` keeps a configured ``anneal_cap`` and dropout in short runs;
 - the input stays L2-normalised. Binary rows (``normalize_input=False``, cornac's input) were measured on
   validation users the same way (with β held at 0.2): latest-small (splits 20-35) +0.006 ± 0.002
   best-epoch, ahead on 13 of 16, but ML-100K (splits 20-27) −0.012 ± 0.005, ahead on 2 of 8: there its
@@ -202,7 +203,7 @@ def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) 
     batch_size = min(config.batch_size, max(config.min_batch_size, steps_batch))
     steps = config.epochs * -(-n_train_users // (batch_size * world_size))
     reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
-    # One worker's steps: N workers follow the 1-worker run (linear scaling), so they are as short.
+    # The 1-worker run's steps: N workers follow it (linear scaling), so they are as short.
     short = config.epochs * -(-n_train_users // batch_size) < config.short_run_steps
     return replace(
         config,
@@ -493,5 +494,11 @@ class VAECF:
         return self._backend.save(path)
 
     def params(self) -> dict[str, Any]:
-        """The effective hyper-parameters (after the small data rule once fitted), for logging."""
-        return asdict(getattr(self, "fitted_config_", self.config))
+        """The configured hyper-parameters (defaults included), for logging."""
+        return asdict(self.config)
+
+    def adapted_params(self) -> dict[str, Any]:
+        """The hyper-parameters :func:`adapt_to_data` changed in ``fit``, with the values trained with."""
+        configured = self.params()
+        fitted = asdict(getattr(self, "fitted_config_", self.config))
+        return {name: value for name, value in fitted.items() if value != configured[name]}

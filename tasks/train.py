@@ -212,6 +212,8 @@ def train_and_evaluate(
             )
         else:
             recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
+            if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
+                mlflow.log_params({f"fitted.{k}": v for k, v in model.adapted_params().items()})
         n_items = train_frame["item_id"].nunique()
         values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
         if strong_generalization:

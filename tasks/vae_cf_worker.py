@@ -5,7 +5,8 @@ test ``.parquet``), trains :class:`recmodels.vae_cf.VAECF` (with ``--horovod``: 
 N, TF backend), evaluates the test users, and on rank 0 only writes to ``--output``:
 
 - ``results.json``: test ``ndcg_at_100``, ``recall_at_20``, ``recall_at_50``, ``best_epoch``,
-  ``fit_seconds``, ``world_size``, the effective parameters and the per-epoch history;
+  ``fit_seconds``, ``world_size``, the configured parameters, those the small data rule changed
+  (``adapted_params``) and the per-epoch history;
 - ``recommendations.parquet``: top-``--k`` items of each test user from their fold-in items;
 - ``model/`` (TF SavedModel or torch state dict, with the item ids) and ``learning_curve.png``;
 
@@ -107,7 +108,8 @@ def log_to_mlflow(uri: str, run_id: str, results: dict[str, Any], output: Path) 
 
     client = MlflowClient(uri)
     now = int(time.time() * 1000)
-    params = {**results["params"], "world_size": results["world_size"]}
+    adapted = {f"fitted.{name}": value for name, value in results["adapted_params"].items()}
+    params = {**results["params"], **adapted, "world_size": results["world_size"]}
     metrics = [
         Metric(key, float(value), now, int(epoch["epoch"]))
         for epoch in results["history"]
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "users_per_second": sum(trained) / len(trained),
         "world_size": model.world_size,
         "params": model.params(),
+        "adapted_params": model.adapted_params(),
         "history": model.history_,
     }
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

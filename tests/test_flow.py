@@ -140,6 +140,15 @@ def test_strong_generalization_protocol_reports_vae_cf_metrics(home: Path, mirro
         assert 0 < row["ndcg_at_100"] < 1
     assert by_model["sar"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
     assert by_model["vae_cf"]["ndcg_at_100"] > by_model["popularity"]["ndcg_at_100"]
+    # MLflow has the configured parameters and, as fitted.*, what the small data rule trained with:
+    # batches of 500 (the floor), and 40 steps, a short run: β held at 0.5, no input dropout.
+    params = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(by_model["vae_cf"]["run_id"]).data.params
+    assert (params["batch_size"], params["anneal_cap"], params["keep_prob"]) == ("10000", "0.2", "0.5")
+    assert (params["fitted.batch_size"], params["fitted.anneal_cap"], params["fitted.keep_prob"]) == (
+        "500",
+        "0.5",
+        "1.0",
+    )
 
 
 def test_sar_on_a_dask_local_cluster_equals_single_node(home: Path, mirror: Path, first_run) -> None:

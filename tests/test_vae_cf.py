@@ -145,6 +145,18 @@ def test_seed_defaults_and_small_data_rule():
     # 2,000: not short, so dropout (which the backend is built with) and annealing stay together.
     ml1m_4 = adapt_to_data(config, 6_040, world_size=4)
     assert (ml1m_4.batch_size, ml1m_4.total_anneal_steps, ml1m_4.keep_prob) == (604, 3_000, 0.5)
+    # Whatever the number of workers, a run is short or not as the 1-worker run is: the batch, dropout,
+    # β's cap and λ agree with it (only the annealing length follows the global steps).
+    for users in (483, 750, 6_040, 116_677):
+        one = adapt_to_data(config, users)
+        for world_size in (2, 4, 8):
+            many = adapt_to_data(config, users, world_size)
+            assert (many.batch_size, many.keep_prob, many.anneal_cap, many.lam) == (
+                one.batch_size,
+                one.keep_prob,
+                one.anneal_cap,
+                one.lam,
+            ), (users, world_size)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
     assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
@@ -393,7 +405,9 @@ def test_worker_writes_results_and_logs_to_mlflow(one_worker, split):
     client = MlflowClient(uri)
     run = client.get_run(results["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["size"] == "100k"
-    assert run.data.params["hidden_dims"] == "(200, 50)" and run.data.params["batch_size"] == "75"
+    # The configured batch, and the small data rule's (10 steps of 75 users an epoch) as fitted.*
+    assert run.data.params["hidden_dims"] == "(200, 50)" and run.data.params["batch_size"] == "10000"
+    assert run.data.params["fitted.batch_size"] == "75" and results["adapted_params"]["batch_size"] == 75
     assert run.data.metrics["ndcg_at_100"] == pytest.approx(results["ndcg_at_100"])
     curve = client.get_metric_history(run.info.run_id, "validation_ndcg_at_100")
     assert sorted(m.step for m in curve) == [2, 4, 6]
@@ -417,5 +431,5 @@ def test_two_horovod_workers_match_one(one_worker, prepared, tmp_path):
     one = json.loads((one_worker[0] / "results.json").read_text())
     assert two["world_size"] == 2
     # Same split and epochs; twice the global batch at twice the learning rate, half the steps.
-    assert two["params"]["batch_size"] == one["params"]["batch_size"] == 75
+    assert two["adapted_params"]["batch_size"] == one["adapted_params"]["batch_size"] == 75
     assert two["ndcg_at_100"] == pytest.approx(one["ndcg_at_100"], abs=0.03), (one, two)
