@@ -201,10 +201,14 @@ def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) 
     """The small data rule (module docstring): smaller batches and shorter annealing where they don't fit."""
     steps_batch = -(-n_train_users // config.min_steps_per_epoch)
     batch_size = min(config.batch_size, max(config.min_batch_size, steps_batch))
-    steps = config.epochs * -(-n_train_users // (batch_size * world_size))
+
+    def run_steps(workers: int) -> int:
+        return config.epochs * -(-n_train_users // (batch_size * workers))
+
+    steps = run_steps(world_size)
     reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
     # The 1-worker run's steps: N workers follow it (linear scaling), so they are as short.
-    short = config.epochs * -(-n_train_users // batch_size) < config.short_run_steps
+    short = run_steps(1) < config.short_run_steps
     return replace(
         config,
         batch_size=batch_size,

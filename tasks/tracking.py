@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -15,6 +16,11 @@ from tasks import storage
 
 EXPERIMENT = "movielens-benchmark"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def fitted_params(adapted: dict[str, Any]) -> dict[str, Any]:
+    """A model's hyper-parameters as changed in ``fit`` (VAE-CF's small data rule), as ``fitted.<name>``."""
+    return {f"fitted.{name}": value for name, value in adapted.items()}
 
 
 def tracking_uri(home: str | Path) -> str:

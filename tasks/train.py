@@ -23,7 +23,7 @@ from recmodels.registry import create_model, model_spec
 from tasks import storage
 from tasks.prepared import PreparedData
 from tasks.profiling import Measurement, measure
-from tasks.tracking import use_tracking_uri
+from tasks.tracking import fitted_params, use_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def train_and_evaluate(
         else:
             recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
             if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
-                mlflow.log_params({f"fitted.{k}": v for k, v in model.adapted_params().items()})
+                mlflow.log_params(fitted_params(model.adapted_params()))
         n_items = train_frame["item_id"].nunique()
         values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
         if strong_generalization:

@@ -106,10 +106,15 @@ def log_to_mlflow(uri: str, run_id: str, results: dict[str, Any], output: Path) 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from tasks.tracking import fitted_params
+
     client = MlflowClient(uri)
     now = int(time.time() * 1000)
-    adapted = {f"fitted.{name}": value for name, value in results["adapted_params"].items()}
-    params = {**results["params"], **adapted, "world_size": results["world_size"]}
+    params = {
+        **results["params"],
+        **fitted_params(results["adapted_params"]),
+        "world_size": results["world_size"],
+    }
     metrics = [
         Metric(key, float(value), now, int(epoch["epoch"]))
         for epoch in results["history"]
