@@ -17,8 +17,8 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from recmodels import preprocessing
-from recmodels.errors import BenchmarkError
+from recmodels import metrics, preprocessing
+from recmodels.errors import BenchmarkError, InvalidConfig
 from recmodels.registry import model_spec
 from tasks import data, storage
 from tasks.prepared import load_prepared, prepared_key
@@ -60,6 +60,20 @@ class SplitConfig(BaseModel):
         return {k: v for k, v in self.model_dump().items() if k in accepted and v is not None}
 
 
+def cutoffs_and_table_k(top_k: int | list[int], table_k: int | None = None) -> tuple[list[int], int]:
+    """The cutoffs to evaluate (ascending) and the one the results table shows: ``table_k``, else the
+    first of ``top_k`` as given. InvalidConfig when a cutoff is not a positive integer or ``table_k`` is
+    not one of them."""
+    cutoffs = metrics.check_cutoffs(top_k)
+    first = top_k if isinstance(top_k, int) else top_k[0]
+    shown = first if table_k is None else table_k
+    if shown not in cutoffs:
+        raise InvalidConfig(
+            f"table_k={shown!r} is not one of the cutoffs top_k={cutoffs}: choose one of them or add it to top_k"
+        )
+    return cutoffs, shown
+
+
 def result_table(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     """Results rows reduced to the headline columns, rounded for display."""
     columns = [c.format(k=k) for c in RESULT_COLUMNS]
@@ -75,7 +89,8 @@ def movielens_benchmark(
     implicit_threshold: float | None = None,
     split: SplitConfig = SplitConfig(),  # noqa: B008
     transpose: bool = False,
-    top_k: int = 10,
+    top_k: list[int] | int = [5, 10, 20, 50, 100],  # noqa: B006 - RecBole's ``topk``
+    table_k: int | None = None,
     model_params: dict[str, dict[str, Any]] = {},  # noqa: B006
     home: str | None = None,
     mirror: str | None = None,
@@ -87,6 +102,10 @@ def movielens_benchmark(
 ) -> list[dict[str, Any]]:
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
     synthetic-<shape>); returns one row of metrics, times and memory per model.
+
+    Every metric is logged at every cutoff of ``top_k`` (``ndcg_at_5`` … ``ndcg_at_100``), from one list
+    of recommendations per user computed at the largest; the results table artifact shows the cutoff
+    ``table_k`` (default: the first of ``top_k``). An int ``top_k`` is one cutoff.
 
     ``min_interactions`` is the k-core threshold for users, and for items unless
     ``min_item_interactions`` is given (VAE-CF's protocol filters users only: 0).
@@ -101,6 +120,7 @@ def movielens_benchmark(
     machine, or the existing scheduler at ``dask_address`` (``tcp://host:8786``)."""
     logger = get_run_logger()
     data.check_size(size)
+    cutoffs, table_k = cutoffs_and_table_k(top_k, table_k)
     for name in models:
         model_spec(name)
     unknown = set(model_params) - set(models)
@@ -154,7 +174,13 @@ def movielens_benchmark(
             run_name=f"{size}-{runtime.flow_run.name or 'local'}",
             tags={**tags, "model": ",".join(models)},
         ).info.run_id
-        params = {**data_params, "models": ",".join(models), "top_k": top_k, "prepared_key": key}
+        params = {
+            **data_params,
+            "models": ",".join(models),
+            "top_k": ",".join(map(str, cutoffs)),
+            "table_k": table_k,
+            "prepared_key": key,
+        }
         for name, value in params.items():
             client.log_param(parent_id, name, value)
         client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
@@ -180,7 +206,8 @@ def movielens_benchmark(
                     "implicit_threshold": implicit_threshold,
                     "split": split.model_dump(),
                     "transpose": transpose,
-                    "top_k": top_k,
+                    "top_k": cutoffs,
+                    "table_k": table_k,
                     "model_params": {m: p for m, p in model_params.items() if m in remote},
                     "home": home,
                     "mirror": mirror,
@@ -202,7 +229,7 @@ def movielens_benchmark(
                 name,
                 model_params.get(name, {}),
                 prepared,
-                top_k,
+                cutoffs,
                 tracking,
                 output_dir,
                 sar_backend,
@@ -214,12 +241,12 @@ def movielens_benchmark(
             else:
                 failures.append(f"{name}: {state.message}")
 
-        table = result_table(rows, top_k)
+        table = result_table(rows, table_k)
         if table:
             create_table_artifact(
                 table,
                 key="movielens-benchmark-results",
-                description=f"MovieLens {size}, {split.strategy} split, top-{top_k}; MLflow parent run {parent_id}",
+                description=f"MovieLens {size}, {split.strategy} split, top-{table_k}; MLflow parent run {parent_id}",
             )
             if own_parent:
                 client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")

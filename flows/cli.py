@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from rich.console import Console
 from rich.table import Table
 
-from recmodels.errors import BenchmarkError
+from recmodels.errors import BenchmarkError, InvalidConfig
 
 console = Console()
 
@@ -36,6 +37,16 @@ def _model_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
             value = raw
         params.setdefault(model, {})[name] = value
     return params
+
+
+def _top_k(text: str) -> list[int]:
+    """``--top-k 10,20,50,100`` → [10, 20, 50, 100], in the order given (the first is the table's)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidConfig(
+            f"--top-k {text!r} is not a comma-separated list of positive integers, e.g. --top-k 10,20,50,100"
+        ) from None
 
 
 def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
@@ -66,7 +77,7 @@ def _split_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from flows.benchmark import movielens_benchmark, result_table
+    from flows.benchmark import cutoffs_and_table_k, movielens_benchmark, result_table
     from recmodels.registry import model_spec
     from tasks.data import check_size
 
@@ -74,6 +85,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     check_size(args.size)  # fail fast, before the local Prefect API starts
     for name in models:
         model_spec(name)
+    top_k = _top_k(args.top_k)
+    _, table_k = cutoffs_and_table_k(top_k, args.table_k)
     split = _split_config(args)
     rows = movielens_benchmark(
         size=args.size,
@@ -83,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         implicit_threshold=args.implicit_threshold,
         split=split,
         transpose=args.transpose,
-        top_k=args.top_k,
+        top_k=top_k,
+        table_k=table_k,
         model_params=_model_params(args.param),
         home=args.home,
         mirror=args.mirror,
@@ -92,9 +106,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         sar_backend=args.sar_backend,
         dask_address=args.dask_address,
     )
-    _print_rows(
-        result_table(rows, args.top_k), f"MovieLens {args.size} — {args.split} split, top-{args.top_k}"
-    )
+    _print_rows(result_table(rows, table_k), f"MovieLens {args.size} — {args.split} split, top-{table_k}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -108,14 +120,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         check_size(size)
     for name in models:
         model_spec(name)
-    check_metric(args.metric, args.top_k)
+    top_k = _top_k(args.top_k)
+    check_metric(args.metric, top_k)
     rows = movielens_benchmark_sweep(
         sizes=sizes,
         models=models,
         deployment=args.deployment,
         metric=args.metric,
         split=_split_config(args),
-        top_k=args.top_k,
+        top_k=top_k,
         model_params=_model_params(args.param),
         home=args.home,
         mirror=args.mirror,
@@ -184,8 +197,27 @@ def cmd_show(args: argparse.Namespace) -> None:
         children = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
-        rows = [{"model": c.info.run_name, **dict(sorted(c.data.metrics.items()))} for c in children]
+        cutoff = args.table_k or parent.data.params.get("table_k")
+        if cutoff is not None:
+            cutoff = int(cutoff)
+            logged = parent.data.params.get("top_k", str(cutoff)).split(",")
+            if str(cutoff) not in logged:
+                raise InvalidConfig(
+                    f"run {parent.info.run_id} logged the cutoffs {','.join(logged)}, not {cutoff}; "
+                    "choose --table-k among them"
+                )
+            title += f", top-{cutoff}"
+        rows = [{"model": c.info.run_name, **_at_cutoff(c.data.metrics, cutoff)} for c in children]
         _print_rows(rows, title)
+
+
+def _at_cutoff(values: dict[str, float], cutoff: int | None) -> dict[str, float]:
+    """The metrics at ``cutoff`` and those without one (mrr, times), sorted; all of them for None."""
+    return {
+        name: value
+        for name, value in sorted(values.items())
+        if cutoff is None or not re.search(r"_at_\d+$", name) or name.endswith(f"_at_{cutoff}")
+    }
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
@@ -227,7 +259,11 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", default="0.75,0.25")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--heldout-users", type=int, default=None)
-    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--top-k",
+        default="5,10,20,50,100",
+        help="cutoffs: every metric is logged at each (recommendations computed once, at the largest)",
+    )
     parser.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
     parser.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
     parser.add_argument(
@@ -250,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sar-backend", default="single", choices=["single", "dask"])
     run.add_argument("--dask-address", default=None, help="attach SAR on Dask to this scheduler")
     run.add_argument("--gpu", default="auto", choices=["auto", "local", "pool"], help="where GPU models run")
+    run.add_argument(
+        "--table-k", type=int, default=None, help="cutoff the printed table shows (default: first)"
+    )
     _add_benchmark_arguments(run)
     run.set_defaults(func=cmd_run)
 
@@ -270,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--home", default=None)
     show.add_argument("--experiment", default="movielens-benchmark")
     show.add_argument("--last", type=int, default=1)
+    show.add_argument("--table-k", type=int, default=None, help="cutoff to show (default: the run's table's)")
     show.set_defaults(func=cmd_show)
 
     stack = sub.add_parser("stack", help="Prefect server, MLflow server, work pools, workers, deployments")

@@ -34,6 +34,7 @@ from recmodels.errors import (
     TrackingMismatch,
     UnknownDeployment,
 )
+from recmodels.metrics import check_cutoffs
 from recmodels.registry import model_spec
 from tasks import data, storage
 from tasks.tracking import experiment_id, git_commit, tracking_uri
@@ -42,12 +43,14 @@ ARTIFACT_KEY = "movielens-benchmark-sweep"
 FIGURE = "sweep.png"
 
 
-def check_metric(metric: str, top_k: int) -> None:
-    """Raise InvalidConfig unless ``metric`` is a headline result of every model at ``top_k``."""
-    allowed = [c.format(k=top_k) for c in RESULT_COLUMNS if c != "model"]
+def check_metric(metric: str, top_k: int | list[int]) -> None:
+    """Raise InvalidConfig unless ``metric`` is a headline result of every model at one of the cutoffs
+    ``top_k`` (``ndcg_at_20`` plots NDCG at cutoff 20)."""
+    allowed = list(dict.fromkeys(c.format(k=k) for k in check_cutoffs(top_k) for c in RESULT_COLUMNS))
+    allowed.remove("model")
     if metric not in allowed:
         raise InvalidConfig(
-            f"metric {metric!r} is not logged by every model at top_k={top_k}; choose from {allowed}"
+            f"metric {metric!r} is not logged by every model at the cutoffs top_k={top_k}; choose from {allowed}"
         )
 
 
@@ -170,7 +173,7 @@ def movielens_benchmark_sweep(
     deployment: str | None = None,
     metric: str = "ndcg_at_10",
     split: SplitConfig = SplitConfig(),  # noqa: B008
-    top_k: int = 10,
+    top_k: list[int] | int = [5, 10, 20, 50, 100],  # noqa: B006
     model_params: dict[str, dict[str, Any]] = {},  # noqa: B006
     home: str | None = None,
     mirror: str | None = None,
@@ -179,7 +182,8 @@ def movielens_benchmark_sweep(
     """Run ``movielens-benchmark`` on each of ``sizes`` with ``models`` and compare them in MLflow.
 
     ``deployment`` (e.g. ``movielens-benchmark/cpu``) runs each size on that deployment's work pool;
-    None runs them in this process. Returns one row per size × model: size, model,
+    None runs them in this process. ``metric`` is plotted at the cutoff in its name (``ndcg_at_20``), one
+    of ``top_k``, the cutoffs every child run logs. Returns one row per size × model: size, model,
     train_interactions, ``metric``, fit_seconds, run_id and run_url (None without an MLflow server)."""
     logger = get_run_logger()
     for name, values in (("sizes", sizes), ("models", models)):
@@ -235,7 +239,7 @@ def movielens_benchmark_sweep(
         "sizes": tags["size"],
         "models": tags["model"],
         "metric": metric,
-        "top_k": top_k,
+        "top_k": ",".join(map(str, check_cutoffs(top_k))),
     }.items():
         client.log_param(sweep_id, name, value)
     client.log_figure(sweep_id, sweep_figure(rows, metric), FIGURE)

@@ -22,6 +22,7 @@ CSR block, one value per user.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,7 @@ from recmodels.base import IdIndex, top_k_dense
 from recmodels.errors import EmptySplit, InvalidConfig
 
 Normalization = Literal["min", "relevant"]
+RecallDefinition = Literal["standard", "vaecf"]
 
 
 @dataclass(frozen=True)
@@ -123,28 +125,56 @@ def catalog_coverage_at_k(recommendations: pd.DataFrame, n_items: int, k: int = 
     return _coverage(_ordered(recommendations), n_items, _check_k(k))
 
 
-def evaluate(
-    recommendations: pd.DataFrame, truth: pd.DataFrame, k: int = 10, n_items: int | None = None
-) -> dict[str, float]:
-    """Every metric under its MLflow name (DESIGN.md), k in the names following ``k``.
+def check_cutoffs(k: int | Sequence[int]) -> list[int]:
+    """The cutoffs of ``k`` (one or several), ascending and each once; InvalidConfig unless each is a
+    positive integer and there is at least one."""
+    ks = [k] if isinstance(k, int | np.integer) else list(k)
+    if not ks or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in ks):
+        raise InvalidConfig(
+            f"top_k={k!r} is not a list of positive integers: give the cutoffs to evaluate, e.g. 5,10,20,50,100."
+        )
+    return sorted({int(v) for v in ks})
 
-    Returns precision_at_k, recall_at_k, f1_at_k, map_at_k (``normalization="relevant"``), ndcg_at_k,
-    hr_at_k, mrr, and coverage_at_k when ``n_items`` is given; e.g. ``precision_at_10`` for k = 10.
+
+def evaluate(
+    recommendations: pd.DataFrame,
+    truth: pd.DataFrame,
+    k: int | Sequence[int] = 10,
+    n_items: int | None = None,
+    recall: RecallDefinition = "standard",
+) -> dict[str, float]:
+    """Every metric at every cutoff of ``k`` under its MLflow name (DESIGN.md), from one ranked list.
+
+    Returns, for each cutoff c of ``k`` (an int or a list: 5, 10, 20, 50, 100 like RecBole's ``topk``),
+    precision_at_c, recall_at_c, f1_at_c, map_at_c (``normalization="relevant"``), ndcg_at_c, hr_at_c,
+    and coverage_at_c when ``n_items`` is given; and once ``mrr``, over the whole list given (the largest
+    cutoff's list when the recommendations were computed at that depth). Compute the recommendations once
+    at the largest cutoff: each cutoff reads the first c positions of each list.
+
+    ``recall="vaecf"`` reports Liang et al. 2018's recall, H_u(c) / min(c, |R_u|) (:func:`recall_at_k_vaecf`),
+    as recall_at_c, the strong-generalisation protocol's definition (VAE-CF's Recall@20 and Recall@50);
+    f1_at_c always combines precision with the standard recall H_u(c) / |R_u|.
     """
+    if recall not in ("standard", "vaecf"):
+        raise InvalidConfig(f"recall={recall!r} is not one of 'standard', 'vaecf'.")
     ordered = _ordered(recommendations)
     lists = _lists(ordered, truth)
-    precision, recall = float(_precision(lists, _check_k(k)).mean()), float(_recall(lists, k).mean())
-    values = {
-        f"precision_at_{k}": precision,
-        f"recall_at_{k}": recall,
-        f"f1_at_{k}": _f1(precision, recall),
-        f"map_at_{k}": float(_average_precision(lists, k, "relevant").mean()),
-        f"ndcg_at_{k}": float(_ndcg(lists, k).mean()),
-        f"hr_at_{k}": float((_hits(lists, k) > 0).mean()),
-        "mrr": float(_reciprocal_rank(lists).mean()),
-    }
-    if n_items is not None:
-        values[f"coverage_at_{k}"] = _coverage(ordered, n_items, k)
+    values: dict[str, float] = {}
+    for c in check_cutoffs(k):
+        precision, standard_recall = float(_precision(lists, c).mean()), float(_recall(lists, c).mean())
+        values |= {
+            f"precision_at_{c}": precision,
+            f"recall_at_{c}": standard_recall
+            if recall == "standard"
+            else float((_hits(lists, c) / np.minimum(c, lists.n_relevant)).mean()),
+            f"f1_at_{c}": _f1(precision, standard_recall),
+            f"map_at_{c}": float(_average_precision(lists, c, "relevant").mean()),
+            f"ndcg_at_{c}": float(_ndcg(lists, c).mean()),
+            f"hr_at_{c}": float((_hits(lists, c) > 0).mean()),
+        }
+        if n_items is not None:
+            values[f"coverage_at_{c}"] = _coverage(ordered, n_items, c)
+    values["mrr"] = float(_reciprocal_rank(lists).mean())
     return values
 
 

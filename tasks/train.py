@@ -160,13 +160,14 @@ def train_and_evaluate(
     name: str,
     params: dict[str, Any],
     prepared: PreparedData,
-    top_k: int,
+    top_k: list[int],
     tracking: Tracking,
     output_dir: str,
     sar_backend: str = "single",
     dask_address: str | None = None,
 ) -> dict[str, Any]:
-    """Fit ``name`` on the prepared train set, recommend top-``k`` for the test users, log everything.
+    """Fit ``name`` on the prepared train set, recommend once at the largest cutoff of ``top_k`` for the
+    test users, log every metric at every cutoff (``ndcg_at_5`` … ``ndcg_at_100``) and everything else.
 
     With ``sar_backend="dask"``, SAR runs as the ``sar-dask`` subflow on a Dask cluster (a new
     LocalCluster, or the scheduler at ``dask_address``); its results equal the single-node SAR's.
@@ -199,8 +200,9 @@ def train_and_evaluate(
             )
             mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")
-        # VAE-CF's protocol (Liang et al. 2018) also reports Recall@20, Recall@50 and NDCG@100.
-        depth = max(top_k, 100) if strong_generalization else top_k
+        # VAE-CF's protocol (Liang et al. 2018) reports Recall@20, Recall@50 (its recall) and NDCG@100.
+        cutoffs = metrics.check_cutoffs([*top_k, *((20, 50, 100) if strong_generalization else ())])
+        depth = cutoffs[-1]
         test = prepared.read("test")
         worker_memory: dict[str, float] = {}
         if name == "sar" and sar_backend == "dask":
@@ -215,13 +217,8 @@ def train_and_evaluate(
             if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
                 mlflow.log_params(fitted_params(model.adapted_params()))
         n_items = train_frame["item_id"].nunique()
-        values = metrics.evaluate(recs, test, k=top_k, n_items=n_items)
-        if strong_generalization:
-            values |= {
-                "recall_at_20": metrics.recall_at_k_vaecf(recs, test, 20),
-                "recall_at_50": metrics.recall_at_k_vaecf(recs, test, 50),
-                "ndcg_at_100": metrics.ndcg_at_k(recs, test, 100),
-            }
+        recall = "vaecf" if strong_generalization else "standard"
+        values = metrics.evaluate(recs, test, k=cutoffs, n_items=n_items, recall=recall)
         n_users = test["user_id"].nunique()
         values |= {
             "fit_seconds": fit.seconds,

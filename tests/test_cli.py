@@ -24,13 +24,21 @@ def test_model_params_parse_json_values_and_strings() -> None:
     [
         (["run", "--size", "3m"], "UnknownDataset: unknown dataset '3m'"),
         (["run", "--models", "sar,deepfm"], "UnknownModel: unknown model 'deepfm'"),
+        (["run", "--top-k", "0"], "InvalidConfig: top_k=[0] is not a list of positive integers"),
+        (["run", "--top-k", "10,-5"], "InvalidConfig: top_k=[10, -5] is not a list of positive integers"),
+        (["run", "--top-k", "ten"], "InvalidConfig: --top-k 'ten' is not a comma-separated list"),
+        (["run", "--top-k", "10,20", "--table-k", "5"], "InvalidConfig: table_k=5 is not one of the cutoffs"),
+        (["sweep", "--top-k", "10,20", "--metric", "ndcg_at_5"], "InvalidConfig: metric 'ndcg_at_5'"),
     ],
 )
-def test_bad_input_prints_one_line_and_exits_2(argv, message, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 2
+def test_bad_input_prints_one_line_and_exits_2(
+    argv, message, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--home", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert message in " ".join(out.split())
     assert "Traceback" not in out
+    assert not list(tmp_path.iterdir()), "refused before the flow started: nothing written"
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.benchmark import SplitConfig, movielens_benchmark
-from recmodels.errors import UnknownDataset, UnknownModel
+from flows.cli import main
+from recmodels.errors import InvalidConfig, UnknownDataset, UnknownModel
 
 
 def _task_names(flow_run_id) -> set[str]:
@@ -107,6 +109,68 @@ def test_transpose_and_split_runs_gpu_models_in_process_without_a_gpu_pool(
     assert by_model["implicit_mf"]["gpu_model"] and by_model["implicit_mf"]["map_at_10"] > 0
     assert by_model["popularity"]["precision_at_10"] > 0
     assert len([p for p in (home / "prepared").iterdir() if not p.name.startswith(".")]) == 2
+
+
+METRICS_AT_K = ("precision", "recall", "f1", "map", "ndcg", "hr", "coverage")
+
+
+def test_every_metric_is_logged_at_every_cutoff(
+    first_run, home: Path, mirror: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default cutoffs 5, 10, 20, 50, 100 (RecBole's ``topk``): each metric at each one in MLflow, from
+    recommendations computed once at 100; a run asked for top-10 alone gives the same values at 10."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    rows = {row["model"]: row for row in first_run.result()}
+    expected = {f"{m}_at_{k}" for m in METRICS_AT_K for k in (5, 10, 20, 50, 100)} | {"mrr"}
+    for row in rows.values():
+        run = client.get_run(row["run_id"])
+        assert expected <= set(run.data.metrics), expected - set(run.data.metrics)
+        recs = pd.read_parquet(
+            home
+            / "runs"
+            / str(first_run.state_details.flow_run_id)
+            / row["model"]
+            / "recommendations.parquet"
+        )
+        assert recs.groupby("user_id").size().max() == 100  # one list, at the largest cutoff
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert (parent.data.params["top_k"], parent.data.params["table_k"]) == ("5,10,20,50,100", "5")
+    sar = rows["sar"]
+    assert sar["ndcg_at_5"] != sar["ndcg_at_10"] != sar["ndcg_at_100"]
+    assert (
+        sar["recall_at_5"]
+        < sar["recall_at_10"]
+        < sar["recall_at_20"]
+        < sar["recall_at_50"]
+        < sar["recall_at_100"]
+    )
+    assert sar["hr_at_100"] >= sar["hr_at_50"] >= sar["hr_at_10"]
+
+    assert main(["show", "--home", str(home), "--table-k", "20"]) == 0  # the latest run, at 20
+    out = capsys.readouterr().out
+    assert "top-20" in out and "ndcg_at_20" in out and "mrr" in out and "ndcg_at_10" not in out
+
+    alone = movielens_benchmark(home=str(home), mirror=str(mirror), models=["popularity", "sar"], top_k=10)
+    assert main(["show", "--home", str(home)]) == 0  # at the run's table cutoff
+    out = capsys.readouterr().out
+    assert "top-10" in out and "ndcg_at_10" in out and "ndcg_at_20" not in out
+    assert main(["show", "--home", str(home), "--table-k", "20"]) == 2
+    assert "logged the cutoffs 10, not 20" in " ".join(capsys.readouterr().out.split())
+    for row in alone:
+        logged = {name for name in row if name.endswith("_at_10")}
+        assert logged == {f"{m}_at_10" for m in METRICS_AT_K}
+        assert not any(name.endswith(("_at_5", "_at_100")) for name in row)
+        for name in logged:
+            assert row[name] == pytest.approx(rows[row["model"]][name], abs=1e-12), (row["model"], name)
+
+
+def test_table_k_must_be_one_of_the_cutoffs(home: Path, prefect_api: None) -> None:
+    with pytest.raises(InvalidConfig, match=r"table_k=7 is not one of the cutoffs top_k=\[10, 20\]"):
+        movielens_benchmark(home=str(home), top_k=[10, 20], table_k=7)
+    with pytest.raises(InvalidConfig, match="positive integers"):
+        movielens_benchmark(home=str(home), top_k=[10, 0])
 
 
 @pytest.mark.parametrize(

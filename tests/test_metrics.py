@@ -78,7 +78,7 @@ def test_catalog_coverage() -> None:
 
 def test_evaluate_names_follow_k() -> None:
     values = m.evaluate(RECS, TRUTH, k=3, n_items=20)
-    assert list(values) == [
+    assert set(values) == {
         "precision_at_3",
         "recall_at_3",
         "f1_at_3",
@@ -87,7 +87,7 @@ def test_evaluate_names_follow_k() -> None:
         "hr_at_3",
         "mrr",
         "coverage_at_3",
-    ]
+    }
     assert values["map_at_3"] == pytest.approx(11 / 36) and values["f1_at_3"] == pytest.approx(2 / 5)
     assert values["ndcg_at_3"] == pytest.approx(m.ndcg_at_k(RECS, TRUTH, k=3))
     assert set(m.evaluate(RECS, TRUTH)) == {
@@ -99,6 +99,60 @@ def test_evaluate_names_follow_k() -> None:
         "hr_at_10",
         "mrr",
     }
+
+
+# Hand-computed at cutoffs 1, 2 and 4 (RECS and TRUTH above; n_items = 20, user 9 counts for coverage only).
+# Hits in the top c: c = 1: user 1 (pos 1); c = 2: users 1 (pos 1) and 2 (pos 2); c = 4: user 1 twice, user 2.
+CUTOFF_VALUES = {
+    "precision_at_1": 1 / 3,  # (1/1 + 0 + 0)/3
+    "recall_at_1": 1 / 12,  # (1/4 + 0 + 0)/3
+    "f1_at_1": 2 / 15,  # 2·(1/3)(1/12)/(1/3 + 1/12)
+    "map_at_1": 1 / 12,  # user 1: (1/1)/4
+    "ndcg_at_1": 1 / 3,  # user 1: DCG 1 / IDCG 1
+    "hr_at_1": 1 / 3,
+    "coverage_at_1": 2 / 20,  # {1} ∪ {7} ∪ {1}
+    "precision_at_2": 1 / 3,  # (1/2 + 1/2 + 0)/3
+    "recall_at_2": 5 / 12,  # (1/4 + 1/1 + 0)/3
+    "f1_at_2": 10 / 27,  # 2·(1/3)(5/12)/(1/3 + 5/12)
+    "map_at_2": 1 / 4,  # (1/4 + (1/2)/1 + 0)/3
+    "ndcg_at_2": (1 / (1 + 1 / LOG2_3) + 1 / LOG2_3) / 3,  # user 2: IDCG over min(2, 1) = 1 position
+    "hr_at_2": 2 / 3,
+    "coverage_at_2": 4 / 20,  # {1, 9} ∪ {7, 4} ∪ {1}
+    "precision_at_4": 1 / 4,  # (2/4 + 1/4 + 0)/3
+    "recall_at_4": 1 / 2,  # (2/4 + 1/1 + 0)/3
+    "f1_at_4": 2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2),
+    "map_at_4": 11 / 36,  # as at 3: no hit at position 4
+    "ndcg_at_4": ((1 + 1 / 2) / (1 + 1 / LOG2_3 + 1 / 2 + 1 / math.log2(5)) + 1 / LOG2_3) / 3,
+    "hr_at_4": 2 / 3,
+    "coverage_at_4": 7 / 20,
+    "mrr": 1 / 2,  # once, over the whole list
+}
+
+
+def test_evaluate_every_cutoff_hand_computed() -> None:
+    values = m.evaluate(RECS, TRUTH, k=[4, 1, 2, 2], n_items=20)  # any order, duplicates once
+    assert set(values) == set(CUTOFF_VALUES)
+    for name, expected in CUTOFF_VALUES.items():
+        assert values[name] == pytest.approx(expected), name
+    for k in (1, 2, 4):  # one list evaluated at several cutoffs = each cutoff on its own
+        assert m.evaluate(RECS, TRUTH, k=k, n_items=20) == pytest.approx(
+            {name: v for name, v in values.items() if name.endswith(f"_at_{k}") or name == "mrr"}
+        )
+
+
+def test_evaluate_vaecf_recall_at_every_cutoff() -> None:
+    # Liang et al.: H_u(c) / min(c, |R_u|). c = 1: (1/1 + 0 + 0)/3; c = 2: (1/2 + 1/1)/3; c = 4: (2/4 + 1)/3.
+    values = m.evaluate(RECS, TRUTH, k=[1, 2, 4], recall="vaecf")
+    assert [values[f"recall_at_{c}"] for c in (1, 2, 4)] == pytest.approx([1 / 3, 1 / 2, 1 / 2])
+    assert values["recall_at_2"] == pytest.approx(m.recall_at_k_vaecf(RECS, TRUTH, k=2))
+    assert values["f1_at_2"] == pytest.approx(10 / 27), "F1 keeps the standard recall"
+    assert values["precision_at_2"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("k", [0, -5, [], [10, 0], [2.5], [True]])
+def test_cutoffs_must_be_positive_integers(k) -> None:
+    with pytest.raises(InvalidConfig, match="positive integers"):
+        m.evaluate(RECS, TRUTH, k=k)
 
 
 def test_k_larger_than_the_lists() -> None:

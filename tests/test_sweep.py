@@ -150,8 +150,16 @@ def test_figure_plots_metric_and_time_against_training_interactions() -> None:
 
 def test_metric_must_be_logged_by_every_model() -> None:
     check_metric("recall_at_20", top_k=20)
-    with pytest.raises(InvalidConfig, match=r"'ndcg_at_20' is not logged by every model at top_k=10"):
+    check_metric("ndcg_at_50", top_k=[10, 20, 50])  # the plot's cutoff: any of the run's cutoffs
+    check_metric("mrr", top_k=[10, 20])
+    with pytest.raises(
+        InvalidConfig, match=r"'ndcg_at_20' is not logged by every model at the cutoffs top_k=10"
+    ):
         check_metric("ndcg_at_20", top_k=10)
+    with pytest.raises(InvalidConfig, match=r"'ndcg_at_5' is not logged .* top_k=\[10, 20\]"):
+        check_metric("ndcg_at_5", top_k=[10, 20])
+    with pytest.raises(InvalidConfig, match="positive integers"):
+        check_metric("ndcg_at_10", top_k=[10, 0])
 
 
 @pytest.mark.parametrize(
