@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from recmodels import metrics, preprocessing
 from recmodels.errors import BenchmarkError, InvalidConfig
-from recmodels.registry import model_spec
+from recmodels.registry import model_spec, with_run_seed
 from tasks import data, storage
 from tasks.prepared import load_prepared, prepared_key
 from tasks.tracking import experiment_id, git_commit, tracking_uri
@@ -109,7 +109,8 @@ def movielens_benchmark(
 
     ``min_interactions`` is the k-core threshold for users, and for items unless
     ``min_item_interactions`` is given (VAE-CF's protocol filters users only: 0).
-    ``implicit_threshold`` keeps ratings at or above it as 1 (VAE-CF: 4.0).
+    ``implicit_threshold`` keeps ratings at or above it as 1 (VAE-CF: 4.0). ``split.seed`` also seeds
+    every model that takes a seed and is given none in ``model_params`` (logged as its ``seed``).
 
     GPU models (implicit_mf, vae_cf) go to the ``gpu`` work pool as a run of the deployment
     ``movielens-benchmark/gpu`` when ``gpu="pool"``, or with ``gpu="auto"`` when a worker of that pool
@@ -126,6 +127,7 @@ def movielens_benchmark(
     unknown = set(model_params) - set(models)
     if unknown:
         raise BenchmarkError(f"model_params names {sorted(unknown)} which are not in models={models}")
+    model_params = {name: with_run_seed(name, model_params.get(name, {}), split.seed) for name in models}
     root = storage.resolve_home(home)
 
     data_params = {
@@ -179,6 +181,7 @@ def movielens_benchmark(
             "models": ",".join(models),
             "top_k": ",".join(map(str, cutoffs)),
             "table_k": table_k,
+            "seed": split.seed,
             "prepared_key": key,
         }
         for name, value in params.items():

@@ -257,7 +257,9 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["random", "stratified", "temporal", "leave_one_out", "strong_generalization"],
     )
     parser.add_argument("--ratios", default="0.75,0.25")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed", type=int, default=42, help="split seed; also seeds every model not given its own seed"
+    )
     parser.add_argument("--heldout-users", type=int, default=None)
     parser.add_argument(
         "--top-k",

@@ -21,13 +21,16 @@ class ModelSpec:
     cls: str
     extra: str | None = None
     gpu: bool = False
+    seeded: bool = False  # takes a ``seed``: a run gives it its own seed when none is given (with_run_seed)
 
 
 MODELS: dict[str, ModelSpec] = {
     "popularity": ModelSpec("recmodels.popularity", "Popularity"),
     "sar": ModelSpec("recmodels.sar", "SAR"),
-    "implicit_mf": ModelSpec("recmodels.implicit_mf", "ImplicitFactorization", extra="torch", gpu=True),
-    "vae_cf": ModelSpec("recmodels.vae_cf", "VAECF", extra="tf", gpu=True),
+    "implicit_mf": ModelSpec(
+        "recmodels.implicit_mf", "ImplicitFactorization", extra="torch", gpu=True, seeded=True
+    ),
+    "vae_cf": ModelSpec("recmodels.vae_cf", "VAECF", extra="tf", gpu=True, seeded=True),
 }
 
 
@@ -36,6 +39,15 @@ def model_spec(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise UnknownModel(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
+
+
+def with_run_seed(name: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``params`` of model ``name`` with ``seed`` set to the run's ``seed`` when the model takes a seed and
+    none is given, so that the same command gives the same model (implicit_mf's own default is None:
+    a fresh seed per run)."""
+    if model_spec(name).seeded and params.get("seed") is None:
+        return {**params, "seed": seed}
+    return params
 
 
 def create_model(name: str, **params: Any) -> Recommender:
