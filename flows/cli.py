@@ -109,6 +109,32 @@ def cmd_run(args: argparse.Namespace) -> None:
     _print_rows(result_table(rows, table_k), f"MovieLens {args.size} — {args.split} split, top-{table_k}")
 
 
+def cmd_sessions(args: argparse.Namespace) -> None:
+    from flows.sessions import AOD_COLUMNS, check_models, movielens_sessions
+    from recmodels.sequences import SessionConfig
+    from tasks.data import check_size
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    check_size(args.size)  # fail fast, before the local Prefect API starts
+    check_models(models)
+    SessionConfig(session_gap=args.session_gap, max_len=args.max_len, window_days=args.window_days or 1.0)
+    rows = movielens_sessions(
+        size=args.size,
+        models=models,
+        session_gap=args.session_gap,
+        max_len=args.max_len,
+        window_days=args.window_days,
+        replay_windows=args.replay_windows,
+        seed=args.seed,
+        model_params=_model_params(args.param),
+        home=args.home,
+        mirror=args.mirror,
+        experiment=args.experiment,
+    )
+    columns = ("model", *AOD_COLUMNS, "sessions_per_second")
+    _print_rows([{c: r[c] for c in columns} for r in rows], f"MovieLens {args.size} — session protocol, AOD")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from flows.sweep import check_metric, movielens_benchmark_sweep
     from recmodels.registry import model_spec
@@ -302,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--metric", default="ndcg_at_10", help="metric to plot against size")
     _add_benchmark_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+    sessions = sub.add_parser("sessions", help="session protocol: incremental time-window train/eval")
+    sessions.add_argument("--size", default="100k", help="100k, latest-small, 1m, …")
+    sessions.add_argument("--models", default="gpt2,xlnet,session_knn,item_knn,popularity")
+    sessions.add_argument("--session-gap", type=int, default=1800, help="seconds between sessions")
+    sessions.add_argument("--max-len", type=int, default=20, help="events kept per session (the last)")
+    sessions.add_argument("--window-days", type=float, default=None, help="default: 7 (100k), 365 (others)")
+    sessions.add_argument("--replay-windows", type=int, default=0, help="earlier windows replayed; -1: all")
+    sessions.add_argument("--seed", type=int, default=0)
+    sessions.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
+    sessions.add_argument("--home", default=None, help="cache home (default $MOVIELENS_BENCHMARK_HOME)")
+    sessions.add_argument("--mirror", default=None, help="folder or URL with GroupLens files")
+    sessions.add_argument("--experiment", default="movielens-sessions")
+    sessions.set_defaults(func=cmd_sessions)
 
     datasets = sub.add_parser("datasets", help="list releases and synthetic shapes")
     datasets.add_argument("--home", default=None)

@@ -75,3 +75,7 @@ class UnknownDeployment(BenchmarkError, LookupError):
 
 class TrackingMismatch(BenchmarkError, RuntimeError):
     """MLflow runs of a finished flow run that are not where this process looks (another tracking URI)."""
+
+
+class EmptyWindow(BenchmarkError, ValueError):
+    """A session-protocol time window (or the whole session table) without any session."""

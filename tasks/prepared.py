@@ -84,23 +84,31 @@ def load_prepared(home: str, key: str) -> PreparedData | None:
 
 
 def _describe(frame: pd.DataFrame, data: bytes) -> dict[str, Any]:
-    return {
-        "rows": len(frame),
-        "users": int(frame["user_id"].nunique()),
-        "items": int(frame["item_id"].nunique()),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    """Rows, checksum and, for interaction tables (scalar id columns), the users and items."""
+    description: dict[str, Any] = {"rows": len(frame), "sha256": hashlib.sha256(data).hexdigest()}
+    for column, name in (("user_id", "users"), ("item_id", "items")):
+        if column in frame and frame[column].dtype != object:
+            description[name] = int(frame[column].nunique())
+    return description
 
 
 def write_prepared(home: str, key: str, split: Split, params: dict[str, Any]) -> PreparedData:
     """Write ``split`` under ``prepared/<key>`` atomically; if another run got there first, keep theirs."""
+    return write_prepared_frames(home, key, split.frames(), params)
+
+
+def write_prepared_frames(
+    home: str, key: str, frames: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> PreparedData:
+    """Write ``frames`` (file stem → table) under ``prepared/<key>`` atomically, manifest last; if another
+    run got there first, keep theirs."""
     if (existing := load_prepared(home, key)) is not None:
         return existing
     folder = prepared_folder(home, key)
     if storage.is_local(home):
-        _write_local(folder, key, split, params)
+        _write_local(folder, key, frames, params)
     else:
-        _write_object_store(folder, key, split, params)
+        _write_object_store(folder, key, frames, params)
     prepared = load_prepared(home, key)
     assert prepared is not None, f"{folder} has no manifest after writing it"
     return prepared
@@ -111,7 +119,7 @@ def _manifest(key: str, params: dict[str, Any], files: dict[str, dict[str, Any]]
     return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
 
 
-def _write_local(final: str, key: str, split: Split, params: dict[str, Any]) -> None:
+def _write_local(final: str, key: str, frames: dict[str, pd.DataFrame], params: dict[str, Any]) -> None:
     """Build the folder under a temporary name, manifest inside, and rename it into place."""
     if Path(final).exists():  # incomplete leftover of a crashed run: rebuild
         shutil.rmtree(final, ignore_errors=True)
@@ -119,7 +127,7 @@ def _write_local(final: str, key: str, split: Split, params: dict[str, Any]) -> 
     tmp.mkdir(parents=True)
     try:
         files = {}
-        for name, frame in split.frames().items():
+        for name, frame in frames.items():
             data = frame.to_parquet(index=False)
             (tmp / f"{name}.parquet").write_bytes(data)
             files[name] = _describe(frame, data)
@@ -133,10 +141,12 @@ def _write_local(final: str, key: str, split: Split, params: dict[str, Any]) -> 
         raise
 
 
-def _write_object_store(folder: str, key: str, split: Split, params: dict[str, Any]) -> None:
+def _write_object_store(
+    folder: str, key: str, frames: dict[str, pd.DataFrame], params: dict[str, Any]
+) -> None:
     """Publish each file whole, then the manifest: until it lands the folder is incomplete."""
     files = {}
-    for name, frame in split.frames().items():
+    for name, frame in frames.items():
         data = frame.to_parquet(index=False)
         storage.write_bytes_atomic(data, storage.join(folder, f"{name}.parquet"))
         files[name] = _describe(frame, data)

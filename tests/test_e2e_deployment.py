@@ -135,7 +135,8 @@ def test_stack_is_up_and_deployed(stack: StackConfig) -> None:
     assert all(s.healthy and s.pid for s in statuses.values()), statuses
     deployments = api(stack, "deployments/filter", {})
     by_name = {d["name"]: d for d in deployments}
-    assert set(by_name) == {"cpu", "gpu", "sweep"}
+    assert set(by_name) == {"cpu", "gpu", "sweep", "sessions"}
+    assert by_name["sessions"]["entrypoint"] == "flows/sessions.py:movielens_sessions"
     assert by_name["cpu"]["work_pool_name"] == "cpu" and by_name["gpu"]["work_pool_name"] == "gpu"
     assert by_name["sweep"]["work_pool_name"] == "cpu"
     assert by_name["sweep"]["parameters"]["deployment"] == "movielens-benchmark/cpu"

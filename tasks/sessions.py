@@ -1,0 +1,168 @@
+"""Prefect tasks of the session protocol: sessionise → windows (cached) → incremental train/eval per model.
+
+The prepared session data lives in the prepared-data cache (``tasks/prepared.py``: a folder per key,
+built under a temporary name, ``manifest.json`` last): one Parquet file of session sequences per window,
+``session_start_date=YYYY-MM-DD.parquet`` (list columns ``item_id``, ``item_index``, ``timestamp``), and
+``items.parquet`` (the vocabulary: ``item_index`` → raw ``item_id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from recmodels import sequences
+from recmodels.errors import UnknownModel
+from recmodels.sequences import SessionConfig, SessionData
+from recmodels.session_eval import WindowResult, average_over_windows, incremental_evaluation
+from tasks import storage
+from tasks.prepared import PreparedData, load_prepared, prepared_key, write_prepared_frames
+
+ITEMS = "items"
+SESSION_MODELS = ("gpt2", "xlnet", "session_knn", "item_knn", "popularity")
+
+
+def session_params(size: str, config: SessionConfig) -> dict[str, Any]:
+    """Everything that determines the prepared session data (with the source of the session functions)."""
+    code = hashlib.sha256(inspect.getsource(sequences).encode()).hexdigest()[:12]
+    return {"protocol": "sessions", "size": size, **asdict(config), "sessions_code": code}
+
+
+def write_session_data(home: str, key: str, data: SessionData, params: dict[str, Any]) -> PreparedData:
+    """One Parquet file per window plus the vocabulary, atomically under ``prepared/<key>``."""
+    items = pd.DataFrame({"item_index": np.arange(data.n_items), "item_id": data.items})
+    return write_prepared_frames(home, key, {**data.windows, ITEMS: items}, params)
+
+
+def read_session_data(prepared: PreparedData) -> SessionData:
+    """The windows (in time order: their names sort by date) and the vocabulary of a prepared folder."""
+    names = sorted(name for name in prepared.manifest["files"] if name != ITEMS)
+    items = prepared.read(ITEMS)["item_id"].to_numpy()
+    return SessionData({name: prepared.read(name) for name in names}, items)
+
+
+def create_session_model(name: str, n_items: int, params: dict[str, Any], seed: int = 0) -> Any:
+    """A session-protocol model by name (the transformers import their extra lazily)."""
+    from recmodels import session_baselines
+
+    if name == "popularity":
+        return session_baselines.SessionPopularity(n_items, **params)
+    if name == "item_knn":
+        return session_baselines.ItemKNN(n_items, **params)
+    if name == "session_knn":
+        return session_baselines.SessionKNN(n_items, **params)
+    if name in ("gpt2", "xlnet"):
+        from recmodels.session_transformer import SessionTransformer, TransformerConfig
+
+        return SessionTransformer(n_items, TransformerConfig(architecture=name, seed=seed, **params))
+    raise UnknownModel(f"unknown session model {name!r}; choose from {list(SESSION_MODELS)}")
+
+
+@task(name="sessionise-windows", cache_policy=NO_CACHE)
+def prepare_sessions(events_path: str, home: str, size: str, config: SessionConfig) -> PreparedData:
+    """Sessionise the parsed release and cut it into windows, once per (release, protocol, code)."""
+    logger = get_run_logger()
+    params = session_params(size, config)
+    key = prepared_key(params)
+    if (prepared := load_prepared(home, key)) is not None:
+        logger.info("cache hit: session data %s at %s", key, prepared.folder)
+        return prepared
+    data = sequences.build_sessions(storage.read_parquet(events_path), config)
+    prepared = write_session_data(home, key, data, params)
+    logger.info("session data %s: %s → %s", key, data.counts(), prepared.folder)
+    return prepared
+
+
+def per_window_plot(per_window: dict[str, pd.DataFrame], metric: str, path: Path) -> Path:
+    """NDCG@10 (or ``metric``) per evaluated window, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for model, frame in per_window.items():
+        axis.plot(frame["step"], frame[metric], marker="o", markersize=3, label=model)
+    axis.set_xlabel("evaluated window (step)")
+    axis.set_ylabel(metric)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@task(name="incremental-train-eval", cache_policy=NO_CACHE)
+def incremental_train_eval(
+    name: str,
+    params: dict[str, Any],
+    prepared: PreparedData,
+    replay_windows: int,
+    seed: int,
+    tracking: Any,
+) -> pd.DataFrame:
+    """Train ``name`` window after window and evaluate on the next, logging into a nested MLflow run."""
+    import mlflow
+
+    from tasks.tracking import use_tracking_uri
+
+    logger = get_run_logger()
+    data = read_session_data(prepared)
+    model = create_session_model(name, data.n_items, params, seed)
+    with (
+        use_tracking_uri(tracking.uri),
+        mlflow.start_run(
+            experiment_id=tracking.experiment_id,
+            run_name=name,
+            nested=True,
+            parent_run_id=tracking.parent_run_id,
+            tags={**tracking.tags, "model": name},
+        ) as run,
+    ):
+        effective = model.params() if callable(getattr(model, "params", None)) else params
+        mlflow.log_params({**effective, "replay_windows": replay_windows, "seed": seed})
+        total = len(data.windows) - 1
+
+        def log_window(result: WindowResult) -> None:
+            mlflow.log_metrics(
+                {**result.metrics, "fit_seconds": result.fit_seconds}
+                | {"sessions_per_second": result.row()["sessions_per_second"]},
+                step=result.step,
+            )
+            logger.info(
+                "%s window %d/%d (%s): trained on %d sessions in %.2f s, ndcg@10 %.4f recall@10 %.4f",
+                name,
+                result.step,
+                total,
+                result.eval_window,
+                result.train_sessions,
+                result.fit_seconds,
+                result.metrics["ndcg_at_10"],
+                result.metrics["recall_at_10"],
+            )
+
+        per_window = incremental_evaluation(model, data.windows, replay_windows, on_window=log_window)
+        aod = average_over_windows(per_window)
+        mlflow.log_metrics(aod)
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = Path(tmp) / "eval_train_results_dates.csv"
+            per_window.to_csv(csv, index=False)
+            mlflow.log_artifact(str(csv))
+            if callable(getattr(model, "save", None)):
+                model.save(Path(tmp) / "model")
+                mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
+        logger.info(
+            "%s AOD: %s (MLflow run %s)", name, {k: round(v, 4) for k, v in aod.items()}, run.info.run_id
+        )
+    return per_window.assign(model=name, run_id=run.info.run_id)
