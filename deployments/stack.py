@@ -17,6 +17,7 @@ files (a pid file also records the process start time, so a reused pid is never 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -79,6 +80,27 @@ class ServiceStatus:
     pid: int | None
     healthy: bool
     log: Path
+
+
+def exposure_warning(config: StackConfig) -> str | None:
+    """A warning when a server listens beyond this machine: neither has authentication."""
+    exposed = sorted({h for h in (config.prefect_host, config.mlflow_host) if not _is_loopback(h)})
+    if not exposed:
+        return None
+    return (
+        f"the Prefect and MLflow servers will listen on {', '.join(exposed)}, reachable from other machines, "
+        "and neither has authentication: anyone who reaches them can read and change runs. Keep the default "
+        "--host 127.0.0.1, or put them behind an authenticating proxy or a firewall."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def client_env(config: StackConfig) -> dict[str, str]:

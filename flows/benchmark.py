@@ -7,6 +7,7 @@ with one MLflow parent run per flow run, a nested run per model and a Prefect ta
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Literal
 
 from mlflow.entities import RunStatus
@@ -21,10 +22,13 @@ from recmodels import metrics, preprocessing
 from recmodels.errors import BenchmarkError, InvalidConfig
 from recmodels.registry import model_spec, with_run_seed
 from tasks import data, storage
+from tasks.links import markdown_link, mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url
 from tasks.prepared import load_prepared, prepared_key
+from tasks.redaction import install_log_redaction, redact
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 from tasks.train import Tracking, train_and_evaluate
 
+install_log_redaction()  # no credential from a URI in this process's Prefect logs
 GPU_POOL = "gpu"
 GPU_DEPLOYMENT = "movielens-benchmark/gpu"
 RESULT_COLUMNS = (
@@ -159,6 +163,8 @@ def movielens_benchmark(
         prepared = data.write(root, key, result, data_params)
 
     uri = tracking_uri(root)
+    if redact(uri) != uri:  # MLflow prints run links with the tracking URI's password on stdout
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     client = MlflowClient(uri)
     flow_run_id = str(runtime.flow_run.id or "")
     tags = {
@@ -168,13 +174,15 @@ def movielens_benchmark(
         "prefect.flow_run_id": flow_run_id,
         "git_commit": git_commit(),
     }
+    if prefect_url := prefect_flow_run_url(flow_run_id):  # the Prefect server's UI, when there is one
+        tags["prefect.flow_run_url"] = prefect_url
     exp_id = experiment_id(uri, root, experiment)
     own_parent = mlflow_parent_run_id is None
     if own_parent:
         parent_id = client.create_run(
             exp_id,
             run_name=f"{size}-{runtime.flow_run.name or 'local'}",
-            tags={**tags, "model": ",".join(models)},
+            tags={**tags, "model": ",".join(models), **_run_description(flow_run_id, prefect_url)},
         ).info.run_id
         params = {
             **data_params,
@@ -185,7 +193,7 @@ def movielens_benchmark(
             "prepared_key": key,
         }
         for name, value in params.items():
-            client.log_param(parent_id, name, value)
+            client.log_param(parent_id, name, redact(str(value)))
         client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
     else:
         parent_id = mlflow_parent_run_id
@@ -249,7 +257,9 @@ def movielens_benchmark(
             create_table_artifact(
                 table,
                 key="movielens-benchmark-results",
-                description=f"MovieLens {size}, {split.strategy} split, top-{table_k}; MLflow parent run {parent_id}",
+                description=f"MovieLens {size}, {split.strategy} split, top-{table_k}; MLflow parent run "
+                f"{markdown_link(parent_id, mlflow_run_url(uri, exp_id, parent_id))} in experiment "
+                f"{markdown_link(experiment, mlflow_experiment_url(uri, exp_id))}",
             )
             if own_parent:
                 client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
@@ -262,6 +272,14 @@ def movielens_benchmark(
     if own_parent:
         client.set_terminated(parent_id)
     return rows
+
+
+def _run_description(flow_run_id: str, prefect_url: str | None) -> dict[str, str]:
+    """The MLflow run's description (the ``mlflow.note.content`` tag, markdown), linking its Prefect flow run."""
+    if not flow_run_id:
+        return {}
+    name = runtime.flow_run.name or flow_run_id
+    return {"mlflow.note.content": f"Prefect flow run {markdown_link(name, prefect_url)} ({flow_run_id})"}
 
 
 def gpu_pool_online(pool: str = GPU_POOL) -> bool:

@@ -249,7 +249,14 @@ def _at_cutoff(values: dict[str, float], cutoff: int | None) -> dict[str, float]
 def cmd_stack(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from deployments.stack import StackConfig, client_env, stack_down, stack_status, stack_up
+    from deployments.stack import (
+        StackConfig,
+        client_env,
+        exposure_warning,
+        stack_down,
+        stack_status,
+        stack_up,
+    )
     from recmodels.datasets import benchmark_home
 
     config = StackConfig(
@@ -264,6 +271,8 @@ def cmd_stack(args: argparse.Namespace) -> None:
     if args.action == "down":
         console.print("stopped: " + (", ".join(stack_down(config)) or "nothing was running"))
         return
+    if args.action == "up" and (warning := exposure_warning(config)):
+        console.print(f"[bold yellow]warning[/]: {warning}", highlight=False)
     table = Table(title=f"stack ({config.state_dir})")
     for column in ("service", "pid", "healthy", "log"):
         table.add_column(column)
@@ -362,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="workers' data home: a folder they share or an fsspec URL (s3://bucket/prefix); default: home",
     )
-    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument(
+        "--host", default="127.0.0.1", help="address both servers bind (no authentication: keep loopback)"
+    )
     stack.add_argument("--prefect-port", type=int, default=4200)
     stack.add_argument("--mlflow-port", type=int, default=5000)
     stack.add_argument("--timeout", type=float, default=120.0)

@@ -37,8 +37,11 @@ from recmodels.errors import (
 from recmodels.metrics import check_cutoffs
 from recmodels.registry import model_spec
 from tasks import data, storage
+from tasks.links import mlflow_run_url
+from tasks.redaction import install_log_redaction
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 
+install_log_redaction()
 ARTIFACT_KEY = "movielens-benchmark-sweep"
 FIGURE = "sweep.png"
 
@@ -76,10 +79,8 @@ def run_child(size: str, parameters: dict[str, Any], deployment: str | None) -> 
 
 
 def run_url(uri: str, experiment: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI when the tracking URI is a server, else None."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    """The run's page in the MLflow UI (on the training workflow) when the tracking URI is a server."""
+    return mlflow_run_url(uri, experiment, run_id)
 
 
 def _train_interactions(run: Run) -> int:

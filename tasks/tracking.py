@@ -13,6 +13,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tasks import storage
+from tasks.links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 EXPERIMENT = "movielens-benchmark"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +46,15 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def experiment_id(uri: str, home: str | Path, name: str = EXPERIMENT) -> str:
-    """Get or create the experiment; local stores keep artifacts in ``mlartifacts`` beside the store."""
+    """Get or create the experiment; local stores keep artifacts in ``mlartifacts`` beside the store.
+
+    The experiment is tagged as MLflow 3's model-training kind (``mlflow.experimentKind``), not GenAI
+    (see tasks/links.py for how the UI opens it on its runs)."""
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = (
         (storage.local_dir(str(home)) / "mlartifacts").as_uri()
@@ -56,7 +62,9 @@ def experiment_id(uri: str, home: str | Path, name: str = EXPERIMENT) -> str:
         else None
     )
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except mlflow.exceptions.MlflowException:  # created concurrently by another run
         experiment = client.get_experiment_by_name(name)
         assert experiment is not None

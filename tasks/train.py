@@ -23,6 +23,7 @@ from recmodels.registry import create_model, model_spec
 from tasks import storage
 from tasks.prepared import PreparedData
 from tasks.profiling import Measurement, measure
+from tasks.redaction import redact
 from tasks.tracking import fitted_params, use_tracking_uri
 
 
@@ -191,12 +192,14 @@ def train_and_evaluate(
         model: Any = None
         if horovod_workers == 1:  # the Horovod worker logs the effective parameters itself
             model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
-            mlflow.log_params(model_parameters(model, params))
+            mlflow.log_params({k: redact(str(v)) for k, v in model_parameters(model, params).items()})
         train_frame = prepared.read("train")
         with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(
-                train_frame, source=prepared.file("train"), name=f"{tags.get('size', 'data')}-{prepared.key}"
+                train_frame,
+                source=redact(prepared.file("train")),
+                name=f"{tags.get('size', 'data')}-{prepared.key}",
             )
             mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")

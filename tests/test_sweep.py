@@ -123,10 +123,14 @@ def test_markdown_links_runs_to_an_mlflow_server() -> None:
     lines = sweep_markdown([row], "ndcg_at_10", "sweep-run").splitlines()
     assert lines[2] == "| size | model | train_interactions | ndcg_at_10 | fit_seconds | MLflow run |"
     assert (
-        lines[4]
-        == "| 1m | sar | 750,123 | 0.1235 | 2.5000 | [abc](http://mlflow:5000/#/experiments/3/runs/abc) |"
+        lines[4] == "| 1m | sar | 750,123 | 0.1235 | 2.5000 | "
+        "[abc](http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning) |"
     )
     assert run_url("sqlite:///x/mlflow.db", "3", "abc") is None
+    # credentials in the tracking URI never reach a link
+    assert run_url("https://bob:hunter2@mlflow:5000/?token=t0k", "3", "abc") == (
+        "https://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
 
 
 def test_figure_plots_metric_and_time_against_training_interactions() -> None:
