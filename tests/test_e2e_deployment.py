@@ -276,22 +276,59 @@ def headless_chromium() -> str:
     return chromium
 
 
-def test_flow_run_page_renders_in_headless_chromium(
-    stack: StackConfig, first_run: str, tmp_path: Path
-) -> None:
-    chromium = headless_chromium()
-    url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
-    shot = tmp_path / "flow-run.png"
+def render(chromium: str, url: str, shot: Path) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts, and a screenshot in ``shot``."""
     headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
-    dom = subprocess.run(
+    done = subprocess.run(
         [*headless, f"--screenshot={shot}", "--window-size=1280,900", "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    assert api(stack, f"flow_runs/{first_run}")["name"] in dom.stdout  # the page rendered the run
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return done.stdout
+
+
+def test_flow_run_page_renders_in_headless_chromium(
+    stack: StackConfig, first_run: str, tmp_path: Path
+) -> None:
+    """The Prefect flow-run page; the results artifact linking the MLflow parent run and experiment; the
+    MLflow experiment page opening on its runs (not MLflow 3's GenAI Overview); the parent run's page
+    linking back to the Prefect flow run."""
+    chromium = headless_chromium()
+    dom = render(chromium, f"{stack.prefect_ui_url}/runs/flow-run/{first_run}", tmp_path / "flow-run.png")
+    assert api(stack, f"flow_runs/{first_run}")["name"] in dom  # the page rendered the run
+
+    client = MlflowClient(stack.mlflow_url)
+    (parent,) = mlflow_runs(
+        client, f"tags.`prefect.flow_run_id` = '{first_run}' AND tags.mlflow.parentRunId IS NULL"
+    )
+    experiment_id = parent.info.experiment_id
+    run_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
+    experiment_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    body = {
+        "artifacts": {"flow_run_id": {"any_": [first_run]}, "key": {"any_": ["movielens-benchmark-results"]}}
+    }
+    (artifact,) = api(stack, "artifacts/filter", body)
+    assert f"[{parent.info.run_id}]({run_link})" in artifact["description"]
+    assert f"({experiment_link})" in artifact["description"]
+    dom = render(
+        chromium, f"{stack.prefect_ui_url}/artifacts/artifact/{artifact['id']}", tmp_path / "artifact.png"
+    )
+    assert f'href="{run_link}"' in dom, "the Prefect artifact page shows the link to the MLflow parent run"
+
+    flow_run_url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
+    assert parent.data.tags["prefect.flow_run_url"] == flow_run_url
+    assert f"]({flow_run_url})" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    dom = render(chromium, experiment_link, tmp_path / "experiment.png")
+    assert parent.info.run_name in dom, "the experiment page lists the benchmark's runs"
+    assert "Detect Issues" not in dom and "No data available for the selected time range" not in dom  # GenAI
+    dom = render(chromium, run_link, tmp_path / "parent-run.png")
+    assert f'href="{flow_run_url}"' in dom, "the MLflow parent run's description links the Prefect flow run"
 
 
 def test_gpu_pool_templates_are_accepted_and_request_gpus(stack: StackConfig) -> None:
