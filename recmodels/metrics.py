@@ -313,3 +313,80 @@ def _score_block(
     top, _ = top_k_dense(scores, k)
     relevant = np.take_along_axis(is_relevant, np.maximum(top, 0), axis=1) & (top >= 0)
     return relevant, n_relevant
+
+
+def target_ranks(scores: np.ndarray, target: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each row's ``target`` column among all columns of ``scores``, or among itself
+    and that row's ``candidates`` (sampled negatives, column indices), nothing excluded.
+
+    Rank = 1 + the number of other columns scored at least as high (ties count against the target, so
+    a model that scores everything alike ranks its target last, not first).
+    """
+    scores = np.asarray(scores)
+    rows = np.arange(len(scores))
+    target_score = scores[rows, target][:, None]
+    if candidates is None:
+        ahead = (scores >= target_score).sum(axis=1) - 1
+    else:
+        ahead = (np.take_along_axis(scores, candidates, axis=1) >= target_score).sum(axis=1)
+    return (ahead + 1).astype(np.int64)
+
+
+def ranks_to_metrics(
+    ranks: np.ndarray, prefix: str = "", cutoffs: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """Leave-one-out metrics of one held-out item per user at 1-based ``ranks`` r_u:
+
+    HR@k = (1/|U|) Σ_u [r_u ≤ k],   NDCG@k = (1/|U|) Σ_u [r_u ≤ k] / log2(r_u + 1),   MRR = (1/|U|) Σ_u 1/r_u
+
+    (one relevant item, so IDCG = 1). Names ``hr_at_k`` for every cutoff, ``ndcg_at_k`` for cutoffs > 1
+    (NDCG@1 = HR@1) and ``mrr``, each with ``prefix`` (``sampled_`` for the sampled-negative protocol).
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0 or (ranks < 1).any():
+        raise EmptySplit("ranks_to_metrics needs at least one rank, each ≥ 1 (1 = best).")
+    values: dict[str, float] = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        values[f"{prefix}hr_at_{k}"] = float(hit.mean())
+        if k > 1:
+            values[f"{prefix}ndcg_at_{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
+    values[f"{prefix}mrr"] = float((1.0 / ranks).mean())
+    return values
+
+
+def sample_negatives(popularity: np.ndarray, seen: sp.csr_matrix, n: int = 100, seed: int = 42) -> np.ndarray:
+    """users × ``n`` distinct item indices per row of ``seen``, none of them seen by that user, drawn
+    with probability proportional to ``popularity`` (Sun et al. 2019, Section 4.2; He et al. 2017 draw
+    uniformly). The same arguments always give the same sample.
+
+    Successive sampling: draws with replacement, repeats and seen items rejected, the first ``n``
+    distinct kept in draw order; rows still short draw again.
+    """
+    popularity = np.asarray(popularity, dtype=np.float64)
+    seen = sp.csr_matrix(seen)
+    n_items = len(popularity)
+    if (seen.getnnz(axis=1) + n > np.count_nonzero(popularity)).any():
+        raise InvalidConfig(
+            f"cannot sample {n} negatives: a user has seen too many of the {np.count_nonzero(popularity)} "
+            "items with positive popularity; lower the number of negatives."
+        )
+    p = popularity / popularity.sum()
+    cdf = np.cumsum(p)
+    rng = np.random.default_rng(seed)
+    out = np.full((seen.shape[0], n), -1, dtype=np.int64)
+    for row in range(seen.shape[0]):
+        taken = set(seen.indices[seen.indptr[row] : seen.indptr[row + 1]].tolist())
+        filled = 0
+        while filled < n:
+            draws = np.minimum(
+                np.searchsorted(cdf, rng.random(2 * (n - filled) + 8), side="right"), n_items - 1
+            )
+            for item in draws.tolist():
+                if item not in taken:
+                    taken.add(item)
+                    out[row, filled] = item
+                    filled += 1
+                    if filled == n:
+                        break
+    return out

@@ -31,6 +31,8 @@ MODELS: dict[str, ModelSpec] = {
         "recmodels.implicit_mf", "ImplicitFactorization", extra="torch", gpu=True, seeded=True
     ),
     "vae_cf": ModelSpec("recmodels.vae_cf", "VAECF", extra="tf", gpu=True, seeded=True),
+    "bert4rec": ModelSpec("recmodels.bert4rec", "BERT4Rec", extra="torchrec", gpu=True, seeded=True),
+    "sasrec": ModelSpec("recmodels.sasrec", "SASRec", extra="torchrec", gpu=True, seeded=True),
 }
 
 

@@ -16,6 +16,17 @@ Session protocol (issue 17, NVIDIA Transformers4Rec's incremental time-window ev
 Checked against the issue: ml-100k with 7-day windows gives 31 windows, 2,275 sessions and 1,349 items;
 ml-latest-small with 365-day windows 23 windows, 3,321 sessions and 3,650 items
 (``tests/test_sequences.py``).
+
+Per-user sequences (issue 16: BERT4Rec, SASRec). Each user's items in time order, ties broken by item_id then
+row order, the order of :func:`recmodels.preprocessing.split_leave_one_out`, so that a user's train
+sequence followed by the validation and test items is the whole history in the split's order. They
+are held in CSR form: ``items[offsets[u]:offsets[u + 1]]`` is user ``u``'s sequence, oldest first.
+
+Training uses every item of long histories through windows of a fixed length L (:func:`sliding_windows`,
+as BERT4Rec's ``gen_data_fin.py`` slides over sequences longer than its ``max_len``): a sequence of n
+items gives the windows ending at n, n − s, n − 2s, … (step s) down to the first full window, and the
+window [0, L) itself, so every item is in at least one window; shorter sequences give one window,
+padded on the left with 0.
 """
 
 from __future__ import annotations
@@ -197,3 +208,104 @@ def check_windows(windows: dict[str, pd.DataFrame]) -> None:
             f"{len(windows)} window: the protocol trains on one window and evaluates on the next; "
             "use a shorter window"
         )
+
+
+# Per-user sequences (issue 16) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserSequences:
+    """Each user's items oldest first, in CSR form (``users[u]``'s items are ``items[offsets[u]:offsets[u+1]]``)."""
+
+    users: np.ndarray  # raw user ids, sorted
+    offsets: np.ndarray  # int64, len(users) + 1
+    items: np.ndarray  # raw item ids (or codes), user by user, in time order
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sequence(self, position: int) -> np.ndarray:
+        return self.items[self.offsets[position] : self.offsets[position + 1]]
+
+    def map_items(self, codes: np.ndarray) -> UserSequences:
+        """The same sequences with ``items`` replaced by ``codes`` (one per item, same order)."""
+        return UserSequences(self.users, self.offsets, np.asarray(codes))
+
+
+def user_sequences(df: pd.DataFrame) -> UserSequences:
+    """Every user's items in time order (ties: item_id, then row order), users sorted by id."""
+    require_columns(df, (USER, ITEM, TIMESTAMP))
+    users, items, times = (df[c].to_numpy() for c in (USER, ITEM, TIMESTAMP))
+    order = np.arange(len(df))
+    for key in (items, times, users):  # stable sorts, least significant key first
+        order = order[np.argsort(key[order], kind="stable")]
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]]) if len(order) else np.zeros(0)
+    offsets = np.r_[starts, len(order)].astype(np.int64)
+    return UserSequences(sorted_users[starts.astype(np.int64)], offsets, items[order])
+
+
+def append_items(sequences: UserSequences, users: np.ndarray, items: np.ndarray) -> UserSequences:
+    """``sequences`` with ``items[j]`` appended to the sequence of ``users[j]`` (each user at most once;
+    users not in ``sequences`` are ignored): train history + validation item for the leave-one-out test."""
+    position = pd.Index(sequences.users).get_indexer(np.asarray(users))
+    known = position >= 0
+    extra = np.zeros(len(sequences), np.int64)
+    added = np.zeros(len(sequences), dtype=sequences.items.dtype)
+    extra[position[known]] = 1
+    added[position[known]] = np.asarray(items)[known]
+    lengths = sequences.lengths + extra
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    out = np.empty(offsets[-1], dtype=sequences.items.dtype)
+    old = np.repeat(offsets[:-1] - sequences.offsets[:-1], sequences.lengths) + np.arange(
+        len(sequences.items)
+    )
+    out[old] = sequences.items
+    out[offsets[1:][extra == 1] - 1] = added[extra == 1]
+    return UserSequences(sequences.users, offsets, out)
+
+
+def last_items(sequences: UserSequences, length: int, pad: int = 0) -> np.ndarray:
+    """users × ``length`` matrix of each user's last ``length`` items, left-padded with ``pad``."""
+    return _windows_at(sequences, np.arange(len(sequences)), sequences.offsets[1:], length, pad)
+
+
+def sliding_windows(
+    sequences: UserSequences, length: int, step: int | None = None, pad: int = 0
+) -> np.ndarray:
+    """All training windows of ``length`` items (module docstring), one per row, left-padded with ``pad``.
+
+    ``step`` defaults to ``length // 2`` (windows overlap by half). Rows are grouped by user.
+    """
+    if length < 2:
+        raise InvalidConfig(f"window length {length} is below 2: a sequence model needs max_len ≥ 2.")
+    step = max(1, length // 2) if step is None else step
+    if step < 1:
+        raise InvalidConfig(f"window step {step} must be ≥ 1, e.g. max_len // 2.")
+    n = sequences.lengths
+    # Windows ending at n, n - step, ... while the window is full, then the first window [0, length).
+    full = np.where(n > length, (n - length) // step + 1, 0)
+    extra = np.where(n > length, ((n - length) % step != 0).astype(np.int64), 1)
+    per_user = full + extra
+    user = np.repeat(np.arange(len(sequences)), per_user)
+    k = np.arange(per_user.sum()) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    start = sequences.offsets[:-1][user]
+    end = np.where(k < full[user], start + n[user] - k * step, start + np.minimum(n[user], length))
+    return _windows_at(sequences, user, end, length, pad)
+
+
+def _windows_at(
+    sequences: UserSequences, user: np.ndarray, end: np.ndarray, length: int, pad: int
+) -> np.ndarray:
+    """Rows of ``length`` items of ``user``'s sequence ending (exclusive) at flat position ``end``."""
+    start = sequences.offsets[:-1][user]
+    column = np.arange(length) - length
+    index = end[:, None] + column[None, :]
+    valid = index >= start[:, None]
+    out = np.full(index.shape, pad, dtype=np.int64)
+    out[valid] = sequences.items[index[valid]]
+    return out

@@ -66,8 +66,39 @@ def _fit_and_recommend(
     with measure() as fit:
         _fit(model, train, prepared)
     with measure() as predict:
-        recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=True)
+        recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=not leave_one_out(prepared))
     return recs, fit, predict
+
+
+def leave_one_out(prepared: PreparedData) -> bool:
+    """Whether ``prepared`` is a leave-one-out split, whose protocol ranks all items, nothing excluded
+    (issue 16: the held-out item may not be masked away as seen)."""
+    return prepared.manifest.get("params", {}).get("split") == "leave_one_out"
+
+
+def _sequential_torchrun(
+    name: str, params: dict[str, Any], prepared: PreparedData, k: int, uri: str, run_id: str
+) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float]]:
+    """BERT4Rec/SASRec in ``dmp``/``ddp`` mode: ``nproc`` torchrun ranks (tasks/launcher.py) of
+    tasks/sequential_worker.py; rank 0 logs parameters, per-epoch metrics and the model into ``run_id``."""
+    from tasks.launcher import launch
+    from tasks.sequential_worker import worker_args
+
+    nproc = int(params.get("nproc", 1))
+    device = "cuda" if str(params.get("device", "auto")) != "cpu" and _cuda() else "cpu"
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as out:
+        args = worker_args(name, prepared.folder, out, params, k, uri, run_id, Path(out) / "checkpoints")
+        with measure() as fit:
+            results = launch(nproc, "tasks.sequential_worker", args, out, device=device)
+        fit.seconds = results["fit_seconds"]
+        loo = {key: v for key, v in results.items() if isinstance(v, float) and key != "fit_seconds"}
+        return pd.read_parquet(Path(out) / "recommendations.parquet"), fit, Measurement(), loo
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _sar_on_dask(
@@ -119,6 +150,8 @@ def _fit(model: Any, train: pd.DataFrame, prepared: PreparedData) -> None:
     accepts = inspect.signature(model.fit).parameters
     if "validation_fold_in" in accepts and prepared.has("validation_fold_in") and prepared.has("validation"):
         model.fit(train, prepared.read("validation_fold_in"), prepared.read("validation"))
+    elif "validation_fold_in" not in accepts and "validation" in accepts and prepared.has("validation"):
+        model.fit(train, validation=prepared.read("validation"))  # early stopping (BERT4Rec, SASRec)
     else:
         model.fit(train)
 
@@ -189,8 +222,9 @@ def train_and_evaluate(
         ) as run,
     ):
         horovod_workers = int(params.get("num_workers", 1)) if name == "vae_cf" else 1
+        torchrun = name in ("bert4rec", "sasrec") and params.get("mode", "local") != "local"
         model: Any = None
-        if horovod_workers == 1:  # the Horovod worker logs the effective parameters itself
+        if horovod_workers == 1 and not torchrun:  # the workers log the effective parameters themselves
             model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
             mlflow.log_params({k: redact(str(v)) for k, v in model_parameters(model, params).items()})
         train_frame = prepared.read("train")
@@ -208,7 +242,13 @@ def train_and_evaluate(
         depth = cutoffs[-1]
         test = prepared.read("test")
         worker_memory: dict[str, float] = {}
-        if name == "sar" and sar_backend == "dask":
+        ranking: dict[str, float] = {}  # full-ranking and sampled leave-one-out metrics (issue 16)
+        if torchrun:
+            create_model(name, **params)  # bad parameters fail here, before any process starts
+            recs, fit, predict, ranking = _sequential_torchrun(
+                name, params, prepared, depth, tracking.uri, run.info.run_id
+            )
+        elif name == "sar" and sar_backend == "dask":
             mlflow.set_tag("sar_backend", "dask")
             recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, test, depth, dask_address)
         elif model is None:
@@ -219,9 +259,11 @@ def train_and_evaluate(
             recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
             if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
                 mlflow.log_params(fitted_params(model.adapted_params()))
+        if callable(getattr(model, "evaluate_leave_one_out", None)):
+            ranking = model.evaluate_leave_one_out(test)
         n_items = train_frame["item_id"].nunique()
         recall = "vaecf" if strong_generalization else "standard"
-        values = metrics.evaluate(recs, test, k=cutoffs, n_items=n_items, recall=recall)
+        values = metrics.evaluate(recs, test, k=cutoffs, n_items=n_items, recall=recall) | ranking
         n_users = test["user_id"].nunique()
         values |= {
             "fit_seconds": fit.seconds,
