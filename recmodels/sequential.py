@@ -31,8 +31,9 @@ each epoch; after each epoch the validation NDCG@10 (full ranking of the validat
 history) is computed, and training stops after ``patience`` epochs without improvement, keeping the best
 epoch's weights. In ``ddp`` mode every rank holds the whole model and gradients are averaged
 (``DistributedDataParallel``); in ``dmp`` mode TorchRec's planner shards the item table across ranks
-(``DistributedModelParallel``, row-wise by default) and trains it with its fused Adam, combined with the
-dense Adam of the other parameters. Each rank reads its own share of the windows (``DistributedSampler``).
+(``DistributedModelParallel``, row-wise by default) and trains it with its fused Adam (fbgemm's CPU
+kernels have no fused Adam: on the CPU the sharded table uses fused Adagrad, learning rate
+``cpu_table_lr``), combined with the dense Adam of the other parameters (``CombinedOptimizer``). Each rank reads its own share of the windows (``DistributedSampler``).
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class SequentialConfig:
     precision: Precision = "fp32"
     device: str = "auto"
     eval_negatives: int = 100
+    steps_per_epoch: int | None = (
+        None  # cap on optimizer steps per epoch (throughput runs); None: all windows
+    )
     seed: int = 42
 
     def validate(self) -> None:
@@ -523,6 +527,8 @@ class SequentialRecommender:
         per_rank = -(-len(windows) // world.world_size)  # DistributedSampler's split: padded, equal shares
         order = torch.cat([order, order[: per_rank * world.world_size - len(order)]])
         mine = order[world.rank :: world.world_size]
+        if cfg.steps_per_epoch is not None:
+            per_rank = min(per_rank, cfg.steps_per_epoch * cfg.batch_size)
         self.wrapped_.train()
         start, total, steps = time.perf_counter(), 0.0, 0
         for first in range(0, per_rank, cfg.batch_size):

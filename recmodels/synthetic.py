@@ -101,6 +101,10 @@ SYNTHETIC_SHAPES: dict[str, SyntheticShape] = {
     "synthetic-20m": SyntheticShape(138_493, 26_744, 20_000_263),
     "synthetic-25m": SyntheticShape(162_541, 59_047, 25_000_095),
     "synthetic-32m": SyntheticShape(200_948, 84_432, 32_000_204),
+    # The seed's sequence benchmark (TorchRec's examples/bert4rec: --dataset_name random
+    # --random_user_count 3000 --random_item_count 500000 --random_size 8000000), as per-user sequences
+    # through the sequence models (recmodels.sequences), here with MovieLens-like skew and time order.
+    "synthetic-random": SyntheticShape(3_000, 500_000, 8_000_000),
 }
 
 

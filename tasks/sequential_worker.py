@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if logger is not None:
         logger.params({**model.params(), "world_size": dist.get_world_size()})
     start = time.perf_counter()
-    model.fit(frames["train"], frames["validation"], on_epoch=logger, checkpoint_dir=args.checkpoint_dir)
+    validation = None if args.throughput else frames["validation"]
+    model.fit(frames["train"], validation, on_epoch=logger, checkpoint_dir=args.checkpoint_dir)
     fit_seconds = time.perf_counter() - start
     output: Path = args.output
     (output / "layout").mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     (output / "layout" / f"rank{rank}.json").write_text(
         json.dumps({"rank": rank, "local_rows": local, "rows": total})
     )
+    if args.throughput:  # training speed only: no evaluation, no recommendations
+        if rank == 0:
+            results = {
+                "fit_seconds": fit_seconds,
+                "world_size": dist.get_world_size(),
+                "history": model.history_,
+            }
+            _write_json(output / "results.json", results)
+        return None
     test_metrics = model.evaluate_leave_one_out(frames["test"])
     recs = model.recommend(frames["test"]["user_id"].unique(), k=args.k, exclude_seen=False)
     (output / "model").mkdir(exist_ok=True)
@@ -104,9 +114,14 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     os.replace(output / "recommendations.parquet.tmp", output / "recommendations.parquet")
     if logger is not None:
         logger.artifacts(output / "model", "model")
-    (output / "results.json.tmp").write_text(json.dumps(results, default=str))
-    os.replace(output / "results.json.tmp", output / "results.json")
+    _write_json(output / "results.json", results)
     return results
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(values, default=str))
+    os.replace(tmp, path)
 
 
 class _EpochLogger:
@@ -147,6 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (rank 0 logs into --run-id)")
     parser.add_argument("--run-id", default=None, help="existing MLflow run to log into")
     parser.add_argument("--checkpoint-dir", default=None, help="per-epoch checkpoints (resumed if present)")
+    parser.add_argument("--throughput", action="store_true", help="train only (no validation, no evaluation)")
     return parser.parse_args(argv)
 
 

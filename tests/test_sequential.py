@@ -214,3 +214,18 @@ def test_bert4rec_cloze_masks_and_appends_mask_token(small_split: preprocessing.
     recs = model.recommend(small_split.test["user_id"].unique()[:5], k=5, exclude_seen=True)
     assert len(recs) == 25
     assert model.history_[0]["loss"] > 0 and "validation_ndcg_at_10" in model.history_[0]
+
+
+def test_checkpoint_each_epoch_resumes_where_it_stopped(
+    small_split: preprocessing.Split, tmp_path: Path
+) -> None:
+    from recmodels.sasrec import SASRec
+
+    params = {**TINY, "patience": 5, "seed": 3}
+    first = SASRec(**params, epochs=2).fit(small_split.train, small_split.validation, checkpoint_dir=tmp_path)
+    assert (tmp_path / "checkpoint-rank0.pt").exists()
+    resumed = SASRec(**params, epochs=3).fit(
+        small_split.train, small_split.validation, checkpoint_dir=tmp_path
+    )
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    assert resumed.history_[:2] == first.history_  # epochs 1-2 restored, not retrained
