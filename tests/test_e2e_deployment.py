@@ -248,6 +248,7 @@ def test_sweep_deployment_runs_each_size_as_a_cpu_child(stack: StackConfig, firs
     )
     (popularity,) = mlflow_runs(client, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     url = f"{stack.mlflow_url}/#/experiments/{popularity.info.experiment_id}/runs/{popularity.info.run_id}"
+    url += "?workflowType=machine_learning"  # MLflow 3's UI opens it on the training workflow
     markdown = artifact_data(stack, sweep_id, "movielens-benchmark-sweep")
     ndcg, fit = popularity.data.metrics["ndcg_at_10"], popularity.data.metrics["fit_seconds"]
     (row,) = [line for line in markdown.splitlines() if line.startswith("| 100k | popularity | ")]
