@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--deployment", default=None, help="run each size on this deployment, e.g. movielens-benchmark/cpu"
     )
-    sweep.add_argument("--metric", default="ndcg_at_10", help="metric to plot against size")
+    sweep.add_argument(
+        "--metric", default="ndcg_at_10", help="metric to plot against size, at one of the --top-k cutoffs"
+    )
     _add_benchmark_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
