@@ -165,6 +165,75 @@ def test_deployment_run_completes_and_logs_to_mlflow(stack: StackConfig, first_r
     assert children["sar"].data.tags["size"] == "100k"
 
 
+def headless_chromium() -> str:
+    """Chromium's path; skip without it, unless CI asked for it (``MOVIELENS_REQUIRE_BROWSER=1``, set by
+    .ci/run where apt installs it): then its absence fails the test."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        message = "no chromium to render the page: apt-get install chromium"
+        if os.environ.get("MOVIELENS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return chromium
+
+
+def render(chromium: str, url: str, shot: Path) -> str:
+    """The DOM of ``url`` after headless Chromium ran its scripts, and a screenshot in ``shot``."""
+    headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    done = subprocess.run(
+        [*headless, f"--screenshot={shot}", "--window-size=1280,900", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=300,  # tens of seconds a page on a loaded 2-core machine
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return done.stdout
+
+
+def test_flow_run_page_renders_in_headless_chromium(
+    stack: StackConfig, first_run: str, tmp_path: Path
+) -> None:
+    """The Prefect flow-run page; the results artifact linking the MLflow parent run and experiment; the
+    MLflow experiment page opening on its runs (not MLflow 3's GenAI Overview); the parent run's page
+    linking back to the Prefect flow run. Placed right after the first run: with the later runs in the
+    experiment (GPU-pool models, the sweep) its page took minutes to settle in Chromium's virtual time
+    on a loaded 2-core machine."""
+    chromium = headless_chromium()
+    dom = render(chromium, f"{stack.prefect_ui_url}/runs/flow-run/{first_run}", tmp_path / "flow-run.png")
+    assert api(stack, f"flow_runs/{first_run}")["name"] in dom  # the page rendered the run
+
+    client = MlflowClient(stack.mlflow_url)
+    (parent,) = mlflow_runs(
+        client, f"tags.`prefect.flow_run_id` = '{first_run}' AND tags.mlflow.parentRunId IS NULL"
+    )
+    experiment_id = parent.info.experiment_id
+    run_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
+    experiment_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    body = {
+        "artifacts": {"flow_run_id": {"any_": [first_run]}, "key": {"any_": ["movielens-benchmark-results"]}}
+    }
+    (artifact,) = api(stack, "artifacts/filter", body)
+    assert f"[{parent.info.run_id}]({run_link})" in artifact["description"]
+    assert f"({experiment_link})" in artifact["description"]
+    dom = render(
+        chromium, f"{stack.prefect_ui_url}/artifacts/artifact/{artifact['id']}", tmp_path / "artifact.png"
+    )
+    assert f'href="{run_link}"' in dom, "the Prefect artifact page shows the link to the MLflow parent run"
+
+    flow_run_url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
+    assert parent.data.tags["prefect.flow_run_url"] == flow_run_url
+    assert f"]({flow_run_url})" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    dom = render(chromium, experiment_link, tmp_path / "experiment.png")
+    assert parent.info.run_name in dom, "the experiment page lists the benchmark's runs"
+    assert "Detect Issues" not in dom and "No data available for the selected time range" not in dom  # GenAI
+    dom = render(chromium, run_link, tmp_path / "parent-run.png")
+    assert f'href="{flow_run_url}"' in dom, "the MLflow parent run's description links the Prefect flow run"
+
+
 def test_rerun_with_other_models_reuses_prepared_data(stack: StackConfig, first_run: str) -> None:
     rerun, _ = deployment_run(stack, "size=100k", 'models=["popularity"]')
     assert "cache hit: prepared data" in log_text(stack, rerun)
@@ -263,73 +332,6 @@ def test_prefect_ui_serves_the_flow_run_page(stack: StackConfig, first_run: str)
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         assert "<title>Prefect" in response.read().decode()
-
-
-def headless_chromium() -> str:
-    """Chromium's path; skip without it, unless CI asked for it (``MOVIELENS_REQUIRE_BROWSER=1``, set by
-    .ci/run where apt installs it): then its absence fails the test."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        message = "no chromium to render the page: apt-get install chromium"
-        if os.environ.get("MOVIELENS_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return chromium
-
-
-def render(chromium: str, url: str, shot: Path) -> str:
-    """The DOM of ``url`` after headless Chromium ran its scripts, and a screenshot in ``shot``."""
-    headless = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
-    done = subprocess.run(
-        [*headless, f"--screenshot={shot}", "--window-size=1280,900", "--dump-dom", url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return done.stdout
-
-
-def test_flow_run_page_renders_in_headless_chromium(
-    stack: StackConfig, first_run: str, tmp_path: Path
-) -> None:
-    """The Prefect flow-run page; the results artifact linking the MLflow parent run and experiment; the
-    MLflow experiment page opening on its runs (not MLflow 3's GenAI Overview); the parent run's page
-    linking back to the Prefect flow run."""
-    chromium = headless_chromium()
-    dom = render(chromium, f"{stack.prefect_ui_url}/runs/flow-run/{first_run}", tmp_path / "flow-run.png")
-    assert api(stack, f"flow_runs/{first_run}")["name"] in dom  # the page rendered the run
-
-    client = MlflowClient(stack.mlflow_url)
-    (parent,) = mlflow_runs(
-        client, f"tags.`prefect.flow_run_id` = '{first_run}' AND tags.mlflow.parentRunId IS NULL"
-    )
-    experiment_id = parent.info.experiment_id
-    run_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
-    experiment_link = f"{stack.mlflow_url}/#/experiments/{experiment_id}?workflowType=machine_learning"
-    body = {
-        "artifacts": {"flow_run_id": {"any_": [first_run]}, "key": {"any_": ["movielens-benchmark-results"]}}
-    }
-    (artifact,) = api(stack, "artifacts/filter", body)
-    assert f"[{parent.info.run_id}]({run_link})" in artifact["description"]
-    assert f"({experiment_link})" in artifact["description"]
-    dom = render(
-        chromium, f"{stack.prefect_ui_url}/artifacts/artifact/{artifact['id']}", tmp_path / "artifact.png"
-    )
-    assert f'href="{run_link}"' in dom, "the Prefect artifact page shows the link to the MLflow parent run"
-
-    flow_run_url = f"{stack.prefect_ui_url}/runs/flow-run/{first_run}"
-    assert parent.data.tags["prefect.flow_run_url"] == flow_run_url
-    assert f"]({flow_run_url})" in parent.data.tags["mlflow.note.content"]
-    experiment = client.get_experiment(experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-
-    dom = render(chromium, experiment_link, tmp_path / "experiment.png")
-    assert parent.info.run_name in dom, "the experiment page lists the benchmark's runs"
-    assert "Detect Issues" not in dom and "No data available for the selected time range" not in dom  # GenAI
-    dom = render(chromium, run_link, tmp_path / "parent-run.png")
-    assert f'href="{flow_run_url}"' in dom, "the MLflow parent run's description links the Prefect flow run"
 
 
 def test_gpu_pool_templates_are_accepted_and_request_gpus(stack: StackConfig) -> None:
