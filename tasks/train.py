@@ -194,7 +194,7 @@ def train_and_evaluate(
     name: str,
     params: dict[str, Any],
     prepared: PreparedData,
-    top_k: list[int],
+    top_k: list[int] | int,
     tracking: Tracking,
     output_dir: str,
     sar_backend: str = "single",
@@ -238,7 +238,8 @@ def train_and_evaluate(
             mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) reports Recall@20, Recall@50 (its recall) and NDCG@100.
-        cutoffs = metrics.check_cutoffs([*top_k, *((20, 50, 100) if strong_generalization else ())])
+        paper = (20, 50, 100) if strong_generalization else ()
+        cutoffs = metrics.check_cutoffs([*metrics.check_cutoffs(top_k), *paper])  # an int top_k too
         depth = cutoffs[-1]
         test = prepared.read("test")
         worker_memory: dict[str, float] = {}
