@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recmodels import sequences
-from recmodels.errors import UnknownModel
+from recmodels.errors import InvalidConfig, UnknownModel
 from recmodels.sequences import SessionConfig, SessionData
 from recmodels.session_eval import WindowResult, average_over_windows, incremental_evaluation
 from tasks import storage
@@ -119,6 +119,8 @@ def incremental_train_eval(
 
     logger = get_run_logger()
     data = read_session_data(prepared)
+    num_workers = int(params.get("num_workers", 1))
+    params = {k: v for k, v in params.items() if k != "num_workers"}
     model = create_session_model(name, data.n_items, params, seed)
     with (
         use_tracking_uri(tracking.uri),
@@ -131,7 +133,9 @@ def incremental_train_eval(
         ) as run,
     ):
         effective = model.params() if callable(getattr(model, "params", None)) else params
-        mlflow.log_params({**effective, "replay_windows": replay_windows, "seed": seed})
+        mlflow.log_params(
+            {**effective, "replay_windows": replay_windows, "seed": seed, "num_workers": num_workers}
+        )
         total = len(data.windows) - 1
 
         def log_window(result: WindowResult) -> None:
@@ -152,17 +156,72 @@ def incremental_train_eval(
                 result.metrics["recall_at_10"],
             )
 
-        per_window = incremental_evaluation(model, data.windows, replay_windows, on_window=log_window)
+        with tempfile.TemporaryDirectory() as tmp:
+            if num_workers > 1:  # DDP through torchrun: the workers save the model and the CSV
+                per_window = _torchrun_session_transformer(
+                    name,
+                    {**params, "architecture": name, "seed": seed},
+                    prepared,
+                    replay_windows,
+                    num_workers,
+                    Path(tmp),
+                )
+                for _, row in per_window.iterrows():
+                    log_window(_window_result(row))
+            else:
+                per_window = incremental_evaluation(model, data.windows, replay_windows, on_window=log_window)
+                model.save(Path(tmp) / "model")
+                per_window.to_csv(Path(tmp) / "eval_train_results_dates.csv", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "eval_train_results_dates.csv"))
+            mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
         aod = average_over_windows(per_window)
         mlflow.log_metrics(aod)
-        with tempfile.TemporaryDirectory() as tmp:
-            csv = Path(tmp) / "eval_train_results_dates.csv"
-            per_window.to_csv(csv, index=False)
-            mlflow.log_artifact(str(csv))
-            if callable(getattr(model, "save", None)):
-                model.save(Path(tmp) / "model")
-                mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
         logger.info(
             "%s AOD: %s (MLflow run %s)", name, {k: round(v, 4) for k, v in aod.items()}, run.info.run_id
         )
     return per_window.assign(model=name, run_id=run.info.run_id)
+
+
+def _torchrun_session_transformer(
+    name: str,
+    config: dict[str, Any],
+    prepared: PreparedData,
+    replay_windows: int,
+    num_workers: int,
+    out: Path,
+) -> pd.DataFrame:
+    """The incremental loop on ``num_workers`` DDP workers (tasks/launcher.py); rank 0's per-window table."""
+    import json
+
+    from tasks.launcher import launch
+
+    if name not in ("gpt2", "xlnet"):
+        raise UnknownModel(f"num_workers > 1 is for gpt2 and xlnet (DDP); {name} runs in one process")
+    if not storage.is_local(prepared.folder):
+        raise InvalidConfig(
+            f"{name} with num_workers > 1 reads a local prepared folder, not {prepared.folder}"
+        )
+    args = [
+        "--prepared",
+        prepared.folder,
+        "--params",
+        json.dumps(config),
+        "--replay-windows",
+        str(replay_windows),
+    ]
+    launch(num_workers, "tasks.session_transformer_worker", args, out)
+    return pd.read_csv(out / "eval_train_results_dates.csv")
+
+
+def _window_result(row: pd.Series) -> WindowResult:
+    from recmodels.session_eval import METRIC_NAMES
+
+    return WindowResult(
+        step=int(row["step"]),
+        train_window=str(row["train_window"]),
+        eval_window=str(row["eval_window"]),
+        train_sessions=int(row["train_sessions"]),
+        eval_sessions=int(row["eval_sessions"]),
+        fit_seconds=float(row["fit_seconds"]),
+        metrics={m: float(row[m]) for m in METRIC_NAMES},
+    )
