@@ -1,9 +1,9 @@
 """Session protocol benchmark (issue 17): AOD table on ml-100k and ml-latest-small (mean ± std over seeds)
 and the transformers' train throughput (sessions/s) on synthetic sessions, on CPU or ``--device cuda``.
 
-    python benchmarks/session_benchmark.py aod --sizes 100k,latest-small --seeds 0,1,2
-    python benchmarks/session_benchmark.py throughput --device cpu --n-items 500000 --sessions 20000
-    python benchmarks/session_benchmark.py throughput --device cuda --n-items 500000 --sessions 2000000 \
+    python -m benchmarks.session_benchmark aod --sizes 100k,latest-small --seeds 0,1,2
+    python -m benchmarks.session_benchmark throughput --device cpu --n-items 500000 --sessions 20000
+    python -m benchmarks.session_benchmark throughput --device cuda --n-items 500000 --sessions 2000000 \
         --batch-size 1024 --precision bf16
 
 Prints a table and writes JSON (``--out``). Model parameters: ``--param gpt2.epochs=8`` (JSON values).
@@ -139,7 +139,7 @@ def main() -> None:
     aod.add_argument("--models", default="popularity,item_knn,session_knn,gpt2,xlnet")
     aod.add_argument("--seeds", default="0,1,2")
     aod.add_argument("--param", action="append", default=[], metavar="MODEL.NAME=VALUE")
-    aod.add_argument("--out", default="session_benchmark_aod.json")
+    aod.add_argument("--out", default="benchmarks/results/session_benchmark_aod.json")
     speed = sub.add_parser("throughput")
     speed.add_argument("--device", default="cpu")
     speed.add_argument("--architectures", default="gpt2,xlnet")
@@ -150,9 +150,10 @@ def main() -> None:
     speed.add_argument("--n-layer", type=int, default=2)
     speed.add_argument("--n-head", type=int, default=4)
     speed.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    speed.add_argument("--out", default="session_benchmark_throughput.json")
+    speed.add_argument("--out", default="benchmarks/results/session_benchmark_throughput.json")
     args = parser.parse_args()
     rows = aod_table(args) if args.command == "aod" else throughput(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"load_average": os.getloadavg(), "rows": rows}, indent=2))
 
 

@@ -201,15 +201,10 @@ def _torchrun_session_transformer(
         raise InvalidConfig(
             f"{name} with num_workers > 1 reads a local prepared folder, not {prepared.folder}"
         )
-    args = [
-        "--prepared",
-        prepared.folder,
-        "--params",
-        json.dumps(config),
-        "--replay-windows",
-        str(replay_windows),
-    ]
-    launch(num_workers, "tasks.session_transformer_worker", args, out)
+    args = ["--output", str(out), "--prepared", prepared.folder, "--params", json.dumps(config)]
+    args += ["--replay-windows", str(replay_windows)]
+    device = "cuda" if str(config.get("device", "auto")).startswith("cuda") else "cpu"
+    launch(num_workers, "tasks.session_transformer_worker", args, out, device=device)
     return pd.read_csv(out / "eval_train_results_dates.csv")
 
 

@@ -73,7 +73,7 @@ def test_missing_transformers_is_one_line_missing_extra() -> None:
         "try:\n    import recmodels.session_transformer\n"
         "except Exception as e:\n    print(type(e).__name__, e)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600).stdout
     assert out.startswith("MissingExtra gpt2/xlnet need the 'transformers' extra")
     assert "pip install -e '.[torch,transformers]'" in out and out.count("\n") == 1
 
@@ -92,7 +92,7 @@ def test_ddp_with_two_gloo_processes_trains_and_keeps_ranks_in_sync(tmp_path: Pa
     result = launch(
         2,
         "tasks.session_transformer_worker",
-        ["--prepared", prepared.folder, "--params", json.dumps(config)],
+        ["--output", str(tmp_path / "out"), "--prepared", prepared.folder, "--params", json.dumps(config)],
         tmp_path / "out",
     )
     assert result["world_size"] == 2
