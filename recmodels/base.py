@@ -60,15 +60,20 @@ def interaction_matrix(
     items: IdIndex,
     values: np.ndarray | None = None,
 ) -> sp.csr_matrix:
-    """users × items CSR matrix; duplicate (user, item) pairs are summed; unknown ids are dropped."""
+    """users × items CSR matrix in canonical form (each row's columns sorted, duplicate (user, item)
+    pairs summed); unknown ids are dropped.
+
+    One sort: COO → CSR buckets the rows, then sums duplicates after sorting each row's columns once and
+    flags the result canonical (the former extra ``sum_duplicates`` and callers' ``sort_indices`` were
+    repeated passes over work already done).
+    """
     require_columns(df, (USER, ITEM))
     rows = users.positions(df[USER].to_numpy())
     cols = items.positions(df[ITEM].to_numpy())
     data = np.ones(len(df), dtype=np.float64) if values is None else np.asarray(values, dtype=np.float64)
     keep = (rows >= 0) & (cols >= 0)
-    matrix = sp.csr_matrix((data[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)))
-    matrix.sum_duplicates()
-    return matrix
+    coo = sp.coo_matrix((data[keep], (rows[keep], cols[keep])), shape=(len(users), len(items)))
+    return coo.tocsr()
 
 
 def user_blocks(n_users: int, block_size: int) -> Iterator[slice]:

@@ -59,7 +59,8 @@ Defaults are the seed's (200 epochs, lr 1e-3, 10,000 users a batch, 200,000 anne
   cornac-like variant (no input dropout, λ = 0, constant β = 0.2) scored 0.346 (curve top) and 0.354
   (best epoch) on latest-small, within the noise of 3 seeds; more seeds showed the gain (next item);
 - where β would not reach ``anneal_cap`` within the run (``epochs × steps per epoch`` <
-  ``anneal_cap × total_anneal_steps``), annealing is shortened so that it does at the last step, as
+  ``anneal_cap × total_anneal_steps``), annealing is shortened so that it does at the last step
+  (:func:`last_step_at_cap`), as
   it nearly does in the paper's ML-20M setting (46,800 steps, cap reached at 40,000), and model
   selection on validation NDCG sees the whole β range (§2.2.2, Fig. 1);
 - a run of fewer than ``short_run_steps`` (1,000) gradient steps in all (counted for the 1-worker run, so
@@ -206,7 +207,7 @@ def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) 
         return config.epochs * -(-n_train_users // (batch_size * workers))
 
     steps = run_steps(world_size)
-    reach_cap_at_end = int(np.ceil(steps / config.anneal_cap)) if config.anneal_cap > 0 else steps
+    reach_cap_at_end = last_step_at_cap(steps, config.anneal_cap)
     # The 1-worker run's steps: N workers follow it (linear scaling), so they are as short.
     short = run_steps(1) < config.short_run_steps
     return replace(
@@ -219,6 +220,20 @@ def adapt_to_data(config: VAECFConfig, n_train_users: int, world_size: int = 1) 
     )
 
 
+def last_step_at_cap(steps: int, anneal_cap: float) -> int:
+    """The longest annealing T whose β = min(cap, t / T) is at ``anneal_cap`` on the last of ``steps``
+    steps (t = steps − 1; the seed counts steps from 0): T = ⌊(steps − 1) / cap⌋, at least 1.
+
+    (T = ⌈steps / cap⌉ stopped one step short, at β = (steps − 1) / T < cap.) A one-step run keeps β = 0.
+    """
+    if anneal_cap <= 0:
+        return max(1, steps)
+    total = max(1, int((steps - 1) / anneal_cap))
+    while total > 1 and (steps - 1) / total < anneal_cap:  # float rounding of the division above
+        total -= 1
+    return total
+
+
 def anneal_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
     """KL weight after ``step`` gradient steps (paper §2.2.2): min(cap, step / total)."""
     return min(anneal_cap, step / total_anneal_steps)
@@ -226,9 +241,8 @@ def anneal_beta(step: int, total_anneal_steps: int, anneal_cap: float) -> float:
 
 def binary_matrix(df: pd.DataFrame, users: IdIndex, items: IdIndex) -> sp.csr_matrix:
     """users × items float32 CSR with 1 where a user interacted with an item (unknown items dropped)."""
-    matrix = interaction_matrix(df, users, items).astype(np.float32)
+    matrix = interaction_matrix(df, users, items).astype(np.float32)  # canonical: sorted columns
     matrix.data[:] = 1.0
-    matrix.sort_indices()
     return matrix
 
 

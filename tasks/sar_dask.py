@@ -73,12 +73,14 @@ from tasks import storage
 
 @dataclass(frozen=True)
 class SARDaskResult:
-    """``SAR.recommend``'s DataFrame, the fit and predict wall times and each worker's peak RSS."""
+    """``SAR.recommend``'s DataFrame, the fit and predict wall times and each worker's peak RSS; with
+    ``return_train``, the train table the fit read (so that a caller logging it need not read it again)."""
 
     recommendations: pd.DataFrame
     fit_seconds: float
     predict_seconds: float
     worker_peak_rss_mb: dict[str, float]
+    train: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -183,10 +185,10 @@ def _wait(client: distributed.Client, futures: list[distributed.Future]) -> None
 
 @task(name="sar-dask-fit", cache_policy=NO_CACHE, persist_result=False)
 def fit_shards(
-    client: distributed.Client, params: dict[str, Any], train_path: str
+    client: distributed.Client, params: dict[str, Any], train: pd.DataFrame
 ) -> tuple[SAR, list[Shard]]:
     """``SAR(**params)``'s ids and affinities here, its similarity in one column shard per worker."""
-    model = SAR(**params).fit_affinity(storage.read_parquet(train_path))
+    model = SAR(**params).fit_affinity(train)
     client.wait_for_workers(1)
     workers = client.scheduler_info()["workers"]
     seen = client.scatter(model.seen_, broadcast=True, hash=False)
@@ -269,9 +271,11 @@ def sar_dask(
     exclude_seen: bool = True,
     params: dict[str, Any] | None = None,
     fold_in_path: str | None = None,
+    return_train: bool = False,
 ) -> SARDaskResult:
     """Fit ``SAR(**params)`` on the train Parquet file and return ``recommend(users, k, exclude_seen)``
-    (or ``recommend_fold_in`` of the history at ``fold_in_path``), computed on the flow's Dask cluster.
+    (or ``recommend_fold_in`` of the history at ``fold_in_path``), computed on the flow's Dask cluster;
+    ``return_train`` hands back the train table it read (held until the caller drops the result).
 
     Call it through :func:`run_sar_dask`, which picks the cluster.
     """
@@ -285,7 +289,10 @@ def sar_dask(
     client.register_plugin(peak_rss_plugin())
     try:
         start = time.perf_counter()
-        model, shards = fit_shards(client, params, train_path)
+        train = storage.read_parquet(train_path)
+        model, shards = fit_shards(client, params, train)
+        if not return_train:
+            train = None
         fit_seconds = time.perf_counter() - start
         inputs = (
             model.scoring_inputs(users)
@@ -317,7 +324,7 @@ def sar_dask(
         key="sar-dask-workers",
         description=f"SAR similarity shard and peak RSS of each Dask worker ({len(model.items_)} items)",
     )
-    return SARDaskResult(recommendations, fit_seconds, predict_seconds, peaks)
+    return SARDaskResult(recommendations, fit_seconds, predict_seconds, peaks, train)
 
 
 def run_sar_dask(
@@ -329,8 +336,11 @@ def run_sar_dask(
     fold_in_path: str | None = None,
     dask_address: str | None = None,
     n_workers: int | None = None,
+    return_train: bool = False,
 ) -> SARDaskResult:
     """Run the ``sar-dask`` subflow on the scheduler at ``dask_address`` (e.g. ``tcp://host:8786``,
     started with ``dask scheduler`` and ``dask worker``) or on a new LocalCluster of ``n_workers``."""
     runner = dask_task_runner(dask_address, n_workers)
-    return sar_dask.with_options(task_runner=runner)(train_path, users, k, exclude_seen, params, fold_in_path)
+    return sar_dask.with_options(task_runner=runner)(
+        train_path, users, k, exclude_seen, params, fold_in_path, return_train
+    )

@@ -103,20 +103,29 @@ def _cuda() -> bool:
 
 def _sar_on_dask(
     params: dict[str, Any], prepared: PreparedData, test: pd.DataFrame, k: int, dask_address: str | None
-) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float]]:
-    """SAR fitted and scored by the ``sar-dask`` subflow (LocalCluster, or the scheduler at ``dask_address``)."""
+) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float], pd.DataFrame]:
+    """SAR fitted and scored by the ``sar-dask`` subflow (LocalCluster, or the scheduler at ``dask_address``);
+    also returns the train table the subflow read (it runs in this process), so it is read once."""
     from tasks.sar_dask import run_sar_dask
 
     fold_in = prepared.file("test_fold_in") if prepared.has("test_fold_in") else None
     users = None if fold_in else [int(u) for u in test["user_id"].unique()]
     with measure() as driver:
         result = run_sar_dask(
-            prepared.file("train"), users, k, True, params, fold_in, dask_address=dask_address
+            prepared.file("train"),
+            users,
+            k,
+            True,
+            params,
+            fold_in,
+            dask_address=dask_address,
+            return_train=True,
         )
     workers = {f"worker_{i}_peak_rss_mb": mb for i, mb in enumerate(result.worker_peak_rss_mb.values())}
     fit = Measurement(result.fit_seconds, driver.peak_rss_mb)
     predict = Measurement(result.predict_seconds, driver.peak_rss_mb)
-    return result.recommendations, fit, predict, workers
+    assert result.train is not None
+    return result.recommendations, fit, predict, workers, result.train
 
 
 def _vae_cf_horovod(
@@ -175,6 +184,16 @@ def _log_model(model: Any) -> None:
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
 
 
+def _log_training_input(train: pd.DataFrame, prepared: PreparedData, size: str) -> None:
+    """The train table as the run's MLflow dataset input (digest, schema, row count, source file)."""
+    with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            train, source=redact(prepared.file("train")), name=f"{size}-{prepared.key}"
+        )
+        mlflow.log_input(dataset, context="training")
+
+
 def _log_bytes(data: bytes, artifact_file: str) -> None:
     """Log ``data`` as the artifact ``artifact_file`` (through a local file: the home may be a URL)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,15 +246,6 @@ def train_and_evaluate(
         if horovod_workers == 1 and not torchrun:  # the workers log the effective parameters themselves
             model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
             mlflow.log_params({k: redact(str(v)) for k, v in model_parameters(model, params).items()})
-        train_frame = prepared.read("train")
-        with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
-                train_frame,
-                source=redact(prepared.file("train")),
-                name=f"{tags.get('size', 'data')}-{prepared.key}",
-            )
-            mlflow.log_input(dataset, context="training")
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) reports Recall@20, Recall@50 (its recall) and NDCG@100.
         paper = (20, 50, 100) if strong_generalization else ()
@@ -244,24 +254,29 @@ def train_and_evaluate(
         test = prepared.read("test")
         worker_memory: dict[str, float] = {}
         ranking: dict[str, float] = {}  # full-ranking and sampled leave-one-out metrics (issue 16)
-        if torchrun:
-            create_model(name, **params)  # bad parameters fail here, before any process starts
-            recs, fit, predict, ranking = _sequential_torchrun(
-                name, params, prepared, depth, tracking.uri, run.info.run_id
-            )
-        elif name == "sar" and sar_backend == "dask":
+        if name == "sar" and sar_backend == "dask":  # the subflow reads train (once) in this process
             mlflow.set_tag("sar_backend", "dask")
-            recs, fit, predict, worker_memory = _sar_on_dask(params, prepared, test, depth, dask_address)
-        elif model is None:
-            recs, fit, predict = _vae_cf_horovod(
-                params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id
+            recs, fit, predict, worker_memory, train_frame = _sar_on_dask(
+                params, prepared, test, depth, dask_address
             )
         else:
-            recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
-            if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
-                mlflow.log_params(fitted_params(model.adapted_params()))
+            train_frame = prepared.read("train")
+            if torchrun:
+                create_model(name, **params)  # bad parameters fail here, before any process starts
+                recs, fit, predict, ranking = _sequential_torchrun(
+                    name, params, prepared, depth, tracking.uri, run.info.run_id
+                )
+            elif model is None:
+                recs, fit, predict = _vae_cf_horovod(
+                    params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id
+                )
+            else:
+                recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
+                if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
+                    mlflow.log_params(fitted_params(model.adapted_params()))
         if callable(getattr(model, "evaluate_leave_one_out", None)):
             ranking = model.evaluate_leave_one_out(test)
+        _log_training_input(train_frame, prepared, tags.get("size", "data"))
         n_items = train_frame["item_id"].nunique()
         recall = "vaecf" if strong_generalization else "standard"
         values = metrics.evaluate(recs, test, k=cutoffs, n_items=n_items, recall=recall) | ranking

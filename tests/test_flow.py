@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.benchmark import SplitConfig, movielens_benchmark
 from flows.cli import main
 from recmodels.errors import InvalidConfig, UnknownDataset, UnknownModel
+from tasks import storage
 
 
 def _task_names(flow_run_id) -> set[str]:
@@ -215,14 +216,21 @@ def test_strong_generalization_protocol_reports_vae_cf_metrics(home: Path, mirro
     )
 
 
-def test_sar_on_a_dask_local_cluster_equals_single_node(home: Path, mirror: Path, first_run) -> None:
-    """The flow's SAR on Dask (a real LocalCluster) gives the single-node SAR's metrics."""
+def test_sar_on_a_dask_local_cluster_equals_single_node(
+    home: Path, mirror: Path, first_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow's SAR on Dask (a real LocalCluster) gives the single-node SAR's metrics, and the train
+    task reads train.parquet once (the subflow runs in its process and hands its table back)."""
+    read = []
+    real_read = storage.read_parquet
+    monkeypatch.setattr(storage, "read_parquet", lambda url: read.append(url) or real_read(url))
     single = {row["model"]: row for row in first_run.result()}["sar"]
     rows = movielens_benchmark(home=str(home), mirror=str(mirror), models=["sar"], sar_backend="dask")
     dask = rows[0]
     for metric in ("precision_at_10", "recall_at_10", "ndcg_at_10", "map_at_10", "coverage_at_10"):
         assert dask[metric] == pytest.approx(single[metric], abs=1e-9), metric
     assert any(key.startswith("worker_") and key.endswith("_peak_rss_mb") for key in dask)
+    assert len([url for url in read if url.endswith("/train.parquet")]) == 1, read
 
 
 def test_vae_cf_with_two_horovod_workers_through_the_flow(home: Path, mirror: Path, first_run) -> None:

@@ -117,9 +117,10 @@ def test_flow_on_a_local_cluster_equals_single_node_on_ml100k(prefect_api, ml100
     train_path = tmp_path / "train.parquet"
     ml100k.to_parquet(train_path)
     users = [5, 999_999, 1, 943, 5, 200]  # order kept, duplicates and unknown users dropped
-    result = run_sar_dask(str(train_path), users=users, k=10, n_workers=2)
+    result = run_sar_dask(str(train_path), users=users, k=10, n_workers=2, return_train=True)
     expected = SAR().fit(ml100k).recommend(users, k=10)
     pd.testing.assert_frame_equal(result.recommendations, expected, check_exact=True)
+    pd.testing.assert_frame_equal(result.train, ml100k, check_exact=True)  # the table the fit read
     assert result.recommendations[USER].unique().tolist() == [5, 1, 943, 200]
     assert len(result.worker_peak_rss_mb) == 2
     assert all(100 < mb < 4000 for mb in result.worker_peak_rss_mb.values())
@@ -184,6 +185,7 @@ def test_flow_attached_by_address_equals_single_node(prefect_api, dask_cluster, 
     result = run_sar_dask(str(train_path), k=8, params=params, dask_address=dask_cluster)
     expected = SAR(**params).fit(synthetic).recommend(k=8)
     pd.testing.assert_frame_equal(result.recommendations, expected, check_exact=True)
+    assert result.train is None  # not held unless asked for
     assert len(result.worker_peak_rss_mb) == 2
 
 

@@ -36,6 +36,7 @@ from recmodels.vae_cf import (
     encoder_input,
     epoch_batches,
     l2_normalize_rows,
+    last_step_at_cap,
     metric_sums,
     sparse_parts,
 )
@@ -122,29 +123,31 @@ def test_seed_defaults_and_small_data_rule():
     assert (small.batch_size, small.total_anneal_steps, small.keep_prob) == (500, 1, 1.0)
     assert [anneal_beta(s, small.total_anneal_steps, small.anneal_cap) for s in (0, 1, 399)] == [0, 0.5, 0.5]
     assert small.lam == pytest.approx(0.01 * 750 / 116_677)
-    # Without the short-run part, β reaches 0.2 at the last step when 0.2 · T = 400, T = 2,000 (the
-    # seed's 200,000 would stop at β = 0.002), and the paper's dropout stays.
+    # Without the short-run part, β reaches 0.2 at the last step (t = 399, steps count from 0) when
+    # T = 399 / 0.2 = 1,995 (the seed's 200,000 would stop at β = 0.002), and the paper's dropout stays.
     annealed = adapt_to_data(replace(config, short_run_steps=0), 750)
-    assert (annealed.batch_size, annealed.total_anneal_steps, annealed.keep_prob) == (500, 2_000, 0.5)
-    # Two workers: 500 users each a step, 1 global step of 1,000 an epoch, 200 in all: T = 1,000.
+    assert (annealed.batch_size, annealed.total_anneal_steps, annealed.keep_prob) == (500, 1_995, 0.5)
+    assert anneal_beta(399, annealed.total_anneal_steps, annealed.anneal_cap) == 0.2
+    assert anneal_beta(398, annealed.total_anneal_steps, annealed.anneal_cap) < 0.2
+    # Two workers: 500 users each a step, 1 global step of 1,000 an epoch, 200 in all: T = 199 / 0.2.
     two = adapt_to_data(replace(config, short_run_steps=0), 750, world_size=2)
-    assert (two.batch_size, two.total_anneal_steps) == (500, 1_000)
+    assert (two.batch_size, two.total_anneal_steps) == (500, 995)
     assert adapt_to_data(config, 750, world_size=2).total_anneal_steps == 1
-    # Without the floor, 10 batches of 75: 2,000 steps (not short), T = 10,000.
+    # Without the floor, 10 batches of 75: 2,000 steps (not short), T = 1,999 / 0.2 = 9,995.
     floorless = adapt_to_data(replace(config, min_batch_size=1), 750)
-    assert (floorless.batch_size, floorless.total_anneal_steps, floorless.keep_prob) == (75, 10_000, 0.5)
+    assert (floorless.batch_size, floorless.total_anneal_steps, floorless.keep_prob) == (75, 9_995, 0.5)
     # 6,040 users (ML-1M): 10 batches of 604, above the floor.
     ml1m = adapt_to_data(config, 6_040)
     assert (ml1m.batch_size, ml1m.total_anneal_steps, ml1m.keep_prob, ml1m.anneal_cap) == (
         604,
-        10_000,
+        9_995,
         0.5,
         0.2,
     )
     # Four workers take 3 global steps an epoch, 600 in all, but the run is as long as one worker's
     # 2,000: not short, so dropout (which the backend is built with) and annealing stay together.
     ml1m_4 = adapt_to_data(config, 6_040, world_size=4)
-    assert (ml1m_4.batch_size, ml1m_4.total_anneal_steps, ml1m_4.keep_prob) == (604, 3_000, 0.5)
+    assert (ml1m_4.batch_size, ml1m_4.total_anneal_steps, ml1m_4.keep_prob) == (604, 2_995, 0.5)
     # Whatever the number of workers, a run is short or not as the 1-worker run is: the batch, dropout,
     # β's cap and λ agree with it (only the annealing length follows the global steps).
     for users in (483, 750, 6_040, 116_677):
@@ -159,7 +162,7 @@ def test_seed_defaults_and_small_data_rule():
             ), (users, world_size)
     # ML-20M's 116,677 training users keep the seed's batch: 12 steps an epoch, 2,400 in all.
     large = adapt_to_data(config, 116_677)
-    assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 12_000, 0.01)
+    assert (large.batch_size, large.total_anneal_steps, large.lam) == (10_000, 11_995, 0.01)
     # A run long enough to reach the cap keeps the configured annealing.
     long_enough = replace(config, total_anneal_steps=1_000, short_run_steps=0)
     assert adapt_to_data(long_enough, 750).total_anneal_steps == 1_000
@@ -167,6 +170,15 @@ def test_seed_defaults_and_small_data_rule():
 
 def test_anneal_beta_is_linear_then_capped():
     assert [anneal_beta(s, 1_000, 0.2) for s in (0, 100, 200, 900)] == [0.0, 0.1, 0.2, 0.2]
+
+
+@pytest.mark.parametrize("cap", [0.2, 0.3, 0.5, 0.7, 1.0, 0.1 + 0.2])
+def test_shortened_annealing_reaches_the_cap_at_the_last_step_not_before(cap: float):
+    for steps in [2, 3, 7, 199, 200, 400, 2_000, 2_400, 46_799]:
+        total = last_step_at_cap(steps, cap)
+        assert anneal_beta(steps - 1, total, cap) == cap, (steps, cap, total)
+        # The longest such T: one step more and the last step falls short of the cap.
+        assert (steps - 1) / (total + 1) < cap, (steps, cap, total)
 
 
 def test_epoch_batches_cover_every_user_once_with_equal_step_counts():
