@@ -32,6 +32,8 @@ with L2 on the weights (not the biases):
 
 KL annealing (§2.2.2): after ``t`` gradient steps, :math:`\beta = \min(\text{anneal\_cap},
 t / \text{total\_anneal\_steps})`; the validation NDCG@100 picks the best epoch (and so the best β).
+Training stops early once ``patience`` epochs pass without a better validation NDCG@100
+(:mod:`recmodels.early_stopping`; ``patience=None``: the seed's fixed ``epochs``).
 
 Protocol: strong generalisation (§4.1). Models are trained on the full histories of the training
 users; validation and test users are unseen: 80% of each held-out user's items are folded in (fed to
@@ -127,6 +129,7 @@ from recmodels.base import (
     top_k_dense,
     user_blocks,
 )
+from recmodels.early_stopping import EarlyStopping
 from recmodels.errors import EmptySplit, InvalidConfig, MissingExtra
 from recmodels.metrics import ndcg_at_k_from_scores, recall_at_k_from_scores
 
@@ -160,6 +163,9 @@ class VAECFConfig:
     keep_prob: float = 0.5  # input dropout
     normalize_input: bool = True  # the encoder reads x_u / ‖x_u‖₂ (the paper); False: the binary row x_u
     validation_step: int = 1  # validate every this many epochs (and after the last)
+    # Early stopping (recmodels.early_stopping): stop once this many epochs pass without a better validation
+    # NDCG@100 and keep the best epoch's weights; None trains all ``epochs`` (the seed's fixed-epoch mode).
+    patience: int | None = 50
     eval_batch_size: int = 2_000  # users scored at once in validation, test and recommend
     use_amp: bool = False  # float16 + loss scaling on GPU, bfloat16 on CPU; softmax and loss in float32
     backend: Backend = "tf"
@@ -187,6 +193,7 @@ class VAECFConfig:
                 ("lam", self.lam >= 0, ">= 0"),
                 ("keep_prob", 0 < self.keep_prob <= 1, "in (0, 1]"),
                 ("validation_step", self.validation_step >= 1, ">= 1"),
+                ("patience", self.patience is None or self.patience >= 1, ">= 1 or None (no early stop)"),
                 ("min_steps_per_epoch", self.min_steps_per_epoch >= 1, ">= 1"),
                 ("min_batch_size", self.min_batch_size >= 1, ">= 1"),
                 ("short_run_steps", self.short_run_steps >= 0, ">= 0"),
@@ -353,8 +360,10 @@ class VAECF:
 
     ``VAECF(epochs=20, backend="torch")`` or ``VAECF(VAECFConfig(...))``. After :meth:`fit`,
     ``history_`` holds one dict per epoch (epoch, loss, beta, epoch_seconds, users_per_second, and where
-    validated validation_seconds, validation_ndcg_at_100, validation_recall_at_20 and _50) and
-    ``best_epoch_`` the epoch whose weights were kept.
+    validated validation_seconds, validation_ndcg_at_100, validation_recall_at_20 and _50),
+    ``best_epoch_`` the epoch whose weights were kept, ``epochs_trained_`` the epochs run (fewer than
+    ``epochs`` where early stopping ended the fit) and ``selection_`` the
+    :class:`~recmodels.early_stopping.EarlyStopping` state (best score, epoch and weights).
     """
 
     def __init__(self, config: VAECFConfig | None = None, **params: Any) -> None:
@@ -382,7 +391,8 @@ class VAECF:
         horovod: bool = False,
     ) -> VAECF:
         """Train on the training users' histories; with validation users (fold-in and held-out items),
-        validate every ``validation_step`` epochs and keep the weights of the best NDCG@100 epoch.
+        validate every ``validation_step`` epochs, keep the weights of the best NDCG@100 epoch, and stop
+        once ``patience`` epochs pass without a better one (every Horovod worker at the same epoch).
 
         ``horovod=True`` (under ``horovodrun``, TF backend) shards each global batch across the workers.
         """
@@ -405,7 +415,8 @@ class VAECF:
         config = adapt(self.config, len(self._users), backend.world_size)
         self.fitted_config_ = config
         self.history_, self.best_epoch_ = [], None
-        best_ndcg, best_weights, step = -np.inf, None, 0
+        self.selection_ = EarlyStopping(config.patience)
+        step = 0
         for epoch in range(1, config.epochs + 1):
             plan = []
             for rows in epoch_batches(
@@ -423,19 +434,24 @@ class VAECF:
                 "epoch_seconds": seconds,
                 "users_per_second": n_users / seconds,
             }
+            stop = False
             if validation is not None and (epoch % config.validation_step == 0 or epoch == config.epochs):
                 start = time.perf_counter()
                 scores = self.evaluate(validation_fold_in, validation)
                 record["validation_seconds"] = time.perf_counter() - start
                 record |= {f"validation_{name}": value for name, value in scores.items()}
-                if scores["ndcg_at_100"] > best_ndcg:
-                    best_ndcg, best_weights = scores["ndcg_at_100"], backend.get_weights()
-                    self.best_epoch_ = epoch
+                self.selection_.update(epoch, scores["ndcg_at_100"], backend.get_weights)
+                # The scores are allreduced, so workers agree; the sum makes it explicit: all stop together.
+                stop = bool(backend.allreduce_sum(np.array([float(self.selection_.should_stop(epoch))]))[0])
             self.history_.append(record)
-        if best_weights is None:
-            self.best_epoch_ = config.epochs
+            if stop:
+                break
+        self.epochs_trained_ = len(self.history_)
+        if self.selection_.best_weights is None:
+            self.best_epoch_ = self.epochs_trained_
         else:
-            backend.set_weights(best_weights)
+            self.best_epoch_ = self.selection_.best_epoch
+            backend.set_weights(self.selection_.best_weights)
         return self
 
     def _fold_in_rows(self, history: pd.DataFrame) -> tuple[IdIndex, sp.csr_matrix]:

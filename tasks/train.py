@@ -184,6 +184,14 @@ def _log_model(model: Any) -> None:
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
 
 
+def _model_selection(model: Any) -> dict[str, float]:
+    """``best_epoch`` (the epoch whose weights the model keeps) and ``epochs_trained`` (fewer than
+    configured where it stopped early), for models that select an epoch on validation users (VAE-CF)."""
+    picked = {"best_epoch": getattr(model, "best_epoch_", None)}
+    picked["epochs_trained"] = getattr(model, "epochs_trained_", None)
+    return {key: float(value) for key, value in picked.items() if value is not None}
+
+
 def _log_training_input(train: pd.DataFrame, prepared: PreparedData, size: str) -> None:
     """The train table as the run's MLflow dataset input (digest, schema, row count, source file)."""
     with warnings.catch_warnings():  # MLflow's notes on ambiguous local sources and integer schemas
@@ -289,6 +297,7 @@ def train_and_evaluate(
         }
         if predict.seconds > 0:  # the Horovod path predicts inside its worker and reports no time
             values |= {"predict_seconds": predict.seconds, "users_per_second": n_users / predict.seconds}
+        values |= _model_selection(model)
         mlflow.log_metrics(values)
         for epoch in getattr(model, "history_", []):
             step = int(epoch["epoch"])

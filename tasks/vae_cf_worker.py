@@ -4,7 +4,8 @@ Reads a prepared strong-generalisation folder (train, validation_fold_in, valida
 test ``.parquet``), trains :class:`recmodels.vae_cf.VAECF` (with ``--horovod``: one Horovod worker of
 N, TF backend), evaluates the test users, and on rank 0 only writes to ``--output``:
 
-- ``results.json``: test ``ndcg_at_100``, ``recall_at_20``, ``recall_at_50``, ``best_epoch``,
+- ``results.json``: test ``ndcg_at_100``, ``recall_at_20``, ``recall_at_50``, ``best_epoch`` (whose
+  weights the model keeps), ``epochs_trained`` (fewer than ``epochs`` where early stopping ended it),
   ``fit_seconds``, ``world_size``, the configured parameters, those the small data rule changed
   (``adapted_params``) and the per-epoch history;
 - ``recommendations.parquet``: top-``--k`` items of each test user from their fold-in items;
@@ -121,7 +122,8 @@ def log_to_mlflow(uri: str, run_id: str, results: dict[str, Any], output: Path) 
         for key, value in epoch.items()
         if key != "epoch"
     ]
-    final = ("ndcg_at_100", "recall_at_20", "recall_at_50", "best_epoch", "fit_seconds", "users_per_second")
+    final = ("ndcg_at_100", "recall_at_20", "recall_at_50", "best_epoch", "epochs_trained", "fit_seconds")
+    final += ("users_per_second",)
     metrics += [Metric(key, float(results[key]), now, 0) for key in final]
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
@@ -147,6 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     results = {
         **test,
         "best_epoch": model.best_epoch_,
+        "epochs_trained": model.epochs_trained_,
         "fit_seconds": fit_seconds,
         "users_per_second": sum(trained) / len(trained),
         "world_size": model.world_size,

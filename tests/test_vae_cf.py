@@ -301,7 +301,34 @@ def test_torch_beats_popularity_and_keeps_the_best_epoch(torch_model, split, pop
     assert torch_model._backend.config.lam == pytest.approx(0.01 * 750 / 116_677)
     losses = [h["loss"] for h in torch_model.history_]
     assert losses[-1] < losses[0]
-    assert torch_model.history_[-1]["beta"] == pytest.approx(0.2 * (6 * 10 - 1) / 60)
+    assert torch_model.history_[-1]["beta"] == 0.2  # the shortened annealing reaches the cap at the last step
+
+
+def test_early_stopping_is_the_fixed_run_cut_at_the_plateau(split):
+    """With patience, training is the fixed-epoch run's up to the stop (same losses, bit for bit), stops
+    at the first epoch ``patience`` epochs after the best so far, and keeps that best epoch's weights."""
+    # A learning rate high enough for the validation curve to dip within a few epochs; a short run (β held,
+    # no annealing), so that its first epochs do not depend on ``epochs``.
+    params = {**SMALL, "epochs": 8, "validation_step": 1, "lr": 3e-2, "short_run_steps": 1_000}
+    fixed = VAECF(backend="torch", patience=None, **params).fit(
+        split["train"], split["validation_fold_in"], split["validation"]
+    )
+    early = VAECF(backend="torch", patience=1, **params).fit(
+        split["train"], split["validation_fold_in"], split["validation"]
+    )
+    assert fixed.epochs_trained_ == 8
+    curve = [h["validation_ndcg_at_100"] for h in fixed.history_]
+    # Where the rule stops on the fixed run's curve: the first epoch that is not a new best.
+    stop = next(epoch for epoch in range(2, 9) if curve[epoch - 1] <= max(curve[: epoch - 1]))
+    assert early.epochs_trained_ == stop < 8
+    assert early.history_ == [
+        {**h, "epoch_seconds": e["epoch_seconds"], "users_per_second": e["users_per_second"]}
+        | {"validation_seconds": e["validation_seconds"]}
+        for h, e in zip(fixed.history_[:stop], early.history_, strict=True)
+    ]
+    assert early.best_epoch_ == int(np.argmax(curve[:stop])) + 1 == early.selection_.best_epoch
+    again = early.evaluate(split["validation_fold_in"], split["validation"])
+    assert again["ndcg_at_100"] == pytest.approx(max(curve[:stop]), abs=1e-6)
 
 
 def test_recommendations_exclude_history_and_match_evaluate(torch_model, split):
@@ -426,6 +453,29 @@ def test_worker_writes_results_and_logs_to_mlflow(one_worker, split):
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 6
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"learning_curve.png", "results.json", "model"} <= artifacts
+
+
+def test_two_horovod_workers_stop_early_together(prepared, tmp_path):
+    """Early stopping under Horovod: both workers leave the training loop at the same epoch (a worker
+    still training would wait in an allreduce that never comes), and rank 0 reports the stop."""
+    _tf()
+    pytest.importorskip(
+        "horovod.tensorflow", reason="needs the [tf] extra: bash deployments/install_tf_extra.sh"
+    )
+    from tasks.vae_cf_worker import command
+
+    params = {**SMALL, "backend": "tf", "epochs": 10, "validation_step": 1, "lr": 3e-2}
+    params |= {"short_run_steps": 1_000, "patience": 1}
+    args = ["--prepared", str(prepared), "--output", str(tmp_path), "--params", json.dumps(params)]
+    out = subprocess.run(
+        command(2, [*args, "--threads", "1"]), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    curve = [h["validation_ndcg_at_100"] for h in results["history"]]
+    assert results["epochs_trained"] == len(curve) < 10, curve
+    assert curve[-1] <= max(curve[:-1]) and curve[:-1] == sorted(curve[:-1]), curve  # the first dip
+    assert results["best_epoch"] == len(curve) - 1
 
 
 def test_two_horovod_workers_match_one(one_worker, prepared, tmp_path):
