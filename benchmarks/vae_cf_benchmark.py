@@ -22,6 +22,7 @@ the goal of ≥ 1M users/s on the ML-20M shape::
 
     python -m benchmarks.vae_cf_benchmark quality --datasets 100k latest-small --backends torch
     python -m benchmarks.vae_cf_benchmark merge part1.json part2.json  # seeds run in parallel
+    python -m benchmarks.vae_cf_benchmark merge fixed.json early.json --reference 'vae_cf[torch] fixed'
     python -m benchmarks.vae_cf_benchmark throughput --dataset 100k
     python -m benchmarks.vae_cf_benchmark throughput --dataset synthetic-136677x20108x10000000 \\
         --variants torch torch-amp --device cuda
@@ -169,7 +170,7 @@ def summarize(runs: pd.DataFrame, reference: str = CORNAC) -> list[dict[str, Any
     rows = []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=False):
         row: dict[str, Any] = {"dataset": dataset, "model": model, "seeds": len(group)}
-        for metric in (*METRICS, "best_epoch", "fit_seconds"):
+        for metric in (*METRICS, "best_epoch", "epochs_trained", "fit_seconds"):
             if metric in group and group[metric].notna().all():
                 row[metric], row[f"{metric}_se"] = mean_se(group[metric])
         ref = runs[(runs["dataset"] == dataset) & (runs["model"] == reference)]
@@ -178,6 +179,7 @@ def summarize(runs: pd.DataFrame, reference: str = CORNAC) -> list[dict[str, Any
             row["ndcg_at_100_minus_reference"], row["ndcg_at_100_minus_reference_se"] = mean_se(
                 paired.dropna()
             )
+            row["seeds_not_below_reference"] = int((paired.dropna() >= 0).sum())
         rows.append(row)
     return rows
 
@@ -201,8 +203,8 @@ def quality(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                 test = model.evaluate(frames["test_fold_in"], frames["test"])
                 runs.append(
                     base
-                    | {"model": f"vae_cf[{backend}]", **test, "best_epoch": model.best_epoch_}
-                    | {"fit_seconds": time.perf_counter() - start}
+                    | {"model": f"vae_cf[{backend}]{args.label}", **test, "best_epoch": model.best_epoch_}
+                    | {"epochs_trained": model.epochs_trained_, "fit_seconds": time.perf_counter() - start}
                 )
             if args.reference:
                 start = time.perf_counter()
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--epochs", type=int, default=200)
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="split and model seeds")
     q.add_argument("--params", type=json.loads, default={}, help="VAECF overrides, JSON")
+    q.add_argument("--label", default="", help="appended to our models' names, e.g. ' patience=None'")
     q.add_argument("--no-reference", dest="reference", action="store_false")
     q.add_argument("--threads", type=int, default=None, help="CPU threads for TF and torch")
     t = sub.add_parser("throughput", help="epoch and validation time, users/s, per variant")
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", default=None, help="torch device, e.g. cuda")
     m = sub.add_parser("merge", help="one quality summary from the runs of several quality JSON files")
     m.add_argument("files", type=Path, nargs="+")
+    m.add_argument("--reference", default=CORNAC, help="the model others are paired with")
     parser.add_argument(
         "--output", type=Path, default=None, help="JSON file (default results/vae_cf_<mode>.json)"
     )
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(args.threads, backend)
     if args.mode == "merge":  # e.g. seeds run in parallel processes
         runs = [run for file in args.files for run in json.loads(file.read_text())["runs"]]
-        result = {"summary": summarize(pd.DataFrame(runs)), "runs": runs}
+        result = {"summary": summarize(pd.DataFrame(runs), args.reference), "runs": runs}
     else:
         result = quality(args) if args.mode == "quality" else throughput(args)
     output = (
