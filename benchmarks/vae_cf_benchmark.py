@@ -205,6 +205,7 @@ def quality(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                     base
                     | {"model": f"vae_cf[{backend}]{args.label}", **test, "best_epoch": model.best_epoch_}
                     | {"epochs_trained": model.epochs_trained_, "fit_seconds": time.perf_counter() - start}
+                    | {"validation_curve": [h.get("validation_ndcg_at_100") for h in model.history_]}
                 )
             if args.reference:
                 start = time.perf_counter()
@@ -212,7 +213,7 @@ def quality(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                 test = cornac_metrics(fitted, frames["test_fold_in"], frames["test"])
                 runs.append(base | {"model": CORNAC, **test, "fit_seconds": time.perf_counter() - start})
             for run in runs[-1 - len(args.backends) - args.reference :]:
-                print(run, flush=True)
+                print({k: v for k, v in run.items() if k != "validation_curve"}, flush=True)
     return {"summary": summarize(pd.DataFrame(runs)), "runs": runs}
 
 
