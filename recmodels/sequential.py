@@ -38,6 +38,7 @@ kernels have no fused Adam: on the CPU the sharded table uses fused Adagrad, lea
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -209,9 +210,6 @@ class SequenceTransformer(nn.Module if nn is not None else object):
         d = config.emb_dim
         std = 0.02  # BERT's truncated-normal initialiser range
 
-        def init_table(weight: Any) -> Any:
-            return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
-
         self.item_embedding = EmbeddingCollection(
             tables=[
                 EmbeddingConfig(
@@ -219,7 +217,7 @@ class SequenceTransformer(nn.Module if nn is not None else object):
                     embedding_dim=d,
                     num_embeddings=n_items + 2,
                     feature_names=[FEATURE],
-                    init_fn=init_table,
+                    init_fn=functools.partial(nn.init.trunc_normal_, std=std, a=-2 * std, b=2 * std),
                 )
             ],
             device=torch.device("cpu"),
