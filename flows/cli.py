@@ -77,6 +77,28 @@ def _split_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from flows.prefect_api import local_api
+
+    api = local_api()  # a temporary Prefect server starts now, while the imports of _run go on
+    try:
+        _run(args, api)
+    finally:
+        if api is not None:
+            api.restore_environment()
+
+
+def _api_ready(api: Any) -> None:
+    """Wait for the Prefect API that :func:`flows.prefect_api.local_api` found or started; say which."""
+    if api is None:
+        return
+    api.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    if api.source == "running server":
+        console.print(f"Prefect API: reusing the server already running at {api.url}", highlight=False)
+    else:
+        console.print(f"Prefect API: temporary server at {api.url} (stopped at exit)", highlight=False)
+
+
+def _run(args: argparse.Namespace, api: Any) -> None:
     from flows.benchmark import cutoffs_and_table_k, movielens_benchmark, result_table
     from recmodels.registry import model_spec
     from tasks.data import check_size
@@ -88,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     top_k = _top_k(args.top_k)
     _, table_k = cutoffs_and_table_k(top_k, args.table_k)
     split = _split_config(args)
+    _api_ready(api)
     rows = movielens_benchmark(
         size=args.size,
         models=models,

@@ -28,7 +28,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A temporary local Prefect server (SQLite in a temp dir) for the whole test session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(
+        server_startup_timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+    ):
         yield
 
 
