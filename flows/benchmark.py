@@ -22,6 +22,7 @@ from recmodels import metrics, preprocessing
 from recmodels.errors import BenchmarkError, InvalidConfig
 from recmodels.registry import model_spec, with_run_seed
 from tasks import data, storage
+from tasks.checkpoints import claim_run, end_interrupted, fail_dead_runs, new_run_tags, run_identity
 from tasks.links import markdown_link, mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url
 from tasks.prepared import load_prepared, prepared_key
 from tasks.redaction import install_log_redaction, redact
@@ -103,6 +104,7 @@ def movielens_benchmark(
     mlflow_parent_run_id: str | None = None,
     sar_backend: Literal["single", "dask"] = "single",
     dask_address: str | None = None,
+    checkpoint_every: int = 1,
 ) -> list[dict[str, Any]]:
     """Benchmark ``models`` on MovieLens ``size`` (100k, 1m, 10m, 20m, 25m, 32m, latest-small, latest,
     synthetic-<shape>); returns one row of metrics, times and memory per model.
@@ -122,7 +124,11 @@ def movielens_benchmark(
     run reuses the prepared data through the shared home and logs under ``mlflow_parent_run_id``.
 
     ``sar_backend="dask"`` runs SAR on Dask (the ``sar-dask`` subflow): a LocalCluster sized to the
-    machine, or the existing scheduler at ``dask_address`` (``tcp://host:8786``)."""
+    machine, or the existing scheduler at ``dask_address`` (``tcp://host:8786``).
+
+    Models trained in epochs log each epoch as it ends and checkpoint every ``checkpoint_every`` epochs
+    to ``<home>/checkpoints/``; the same command run again after a kill (or Ctrl-C) continues the same
+    MLflow runs from their last checkpoints (tasks/checkpoints.py)."""
     logger = get_run_logger()
     data.check_size(size)
     cutoffs, table_k = cutoffs_and_table_k(top_k, table_k)
@@ -178,12 +184,13 @@ def movielens_benchmark(
         tags["prefect.flow_run_url"] = prefect_url
     exp_id = experiment_id(uri, root, experiment)
     own_parent = mlflow_parent_run_id is None
+    finished: list[str] = []  # models a resumed parent run has already finished
     if own_parent:
-        parent_id = client.create_run(
-            exp_id,
-            run_name=f"{size}-{runtime.flow_run.name or 'local'}",
-            tags={**tags, "model": ",".join(models), **_run_description(flow_run_id, prefect_url)},
-        ).info.run_id
+        run_name = f"{size}-{runtime.flow_run.name or 'local'}"
+        description = _run_description(flow_run_id, prefect_url)
+        parent_id, finished = _parent_run(
+            client, exp_id, tags, description, run_name, key, models, model_params, cutoffs
+        )
         params = {
             **data_params,
             "models": ",".join(models),
@@ -225,6 +232,7 @@ def movielens_benchmark(
                     "experiment": experiment,
                     "gpu": "local",
                     "mlflow_parent_run_id": parent_id,
+                    "checkpoint_every": checkpoint_every,
                 },
                 timeout=None,
                 as_subflow=True,
@@ -233,9 +241,12 @@ def movielens_benchmark(
                 rows += _rows_from_mlflow(client, exp_id, parent_id, remote)
             else:
                 failures.append(f"{remote}: GPU flow run {child.name} ended {child.state_name}")
-        tracking = Tracking(uri, exp_id, parent_id, tags)
+        tracking = Tracking(uri, exp_id, parent_id, tags, root, checkpoint_every)
         output_dir = storage.join(root, "runs", flow_run_id or parent_id)
-        for name in (m for m in models if m not in remote):
+        if finished:
+            logger.info("resumed parent run %s has finished %s already", parent_id, finished)
+            rows += _rows_from_mlflow(client, exp_id, parent_id, [m for m in finished if m not in remote])
+        for name in (m for m in models if m not in remote and m not in finished):
             state = train_and_evaluate(
                 name,
                 model_params.get(name, {}),
@@ -265,6 +276,10 @@ def movielens_benchmark(
                 client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
         if failures:
             raise BenchmarkError("model(s) failed: " + "; ".join(failures))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (flows/cli.py): the next start resumes it
+        if own_parent:
+            end_interrupted(client, parent_id, "KILLED", "interrupted")
+        raise
     except BaseException:
         if own_parent:
             client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FAILED))
@@ -280,6 +295,36 @@ def _run_description(flow_run_id: str, prefect_url: str | None) -> dict[str, str
         return {}
     name = runtime.flow_run.name or flow_run_id
     return {"mlflow.note.content": f"Prefect flow run {markdown_link(name, prefect_url)} ({flow_run_id})"}
+
+
+def _parent_run(
+    client: MlflowClient,
+    exp_id: str,
+    tags: dict[str, str],
+    description: dict[str, str],
+    run_name: str,
+    key: str,
+    models: list[str],
+    model_params: dict[str, dict[str, Any]],
+    top_k: Any,
+) -> tuple[str, list[str]]:
+    """The parent run: the same command's run that died or was interrupted, resumed, else a new one;
+    with the models it has finished. RUNNING runs of dead processes are marked FAILED first."""
+    fail_dead_runs(client, exp_id)
+    identity = run_identity(prepared=key, models=models, params=model_params, top_k=top_k)
+    claimed = claim_run(client, exp_id, identity, tags)
+    if claimed is None:
+        run = client.create_run(
+            exp_id,
+            run_name=run_name,
+            tags={**tags, "model": ",".join(models), **description, **new_run_tags(identity)},
+        )
+        return run.info.run_id, []
+    children = client.search_runs(
+        [exp_id], filter_string=f"tags.mlflow.parentRunId = '{claimed.info.run_id}'"
+    )
+    done = {c.data.tags.get("model") for c in children if c.info.status == "FINISHED"}
+    return claimed.info.run_id, [m for m in models if m in done]
 
 
 def gpu_pool_online(pool: str = GPU_POOL) -> bool:

@@ -128,6 +128,7 @@ def _run(args: argparse.Namespace, api: Any) -> None:
         gpu=args.gpu,
         sar_backend=args.sar_backend,
         dask_address=args.dask_address,
+        checkpoint_every=args.checkpoint_every,
     )
     _print_rows(result_table(rows, table_k), f"MovieLens {args.size} — {args.split} split, top-{table_k}")
 
@@ -348,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu", default="auto", choices=["auto", "local", "pool"], help="where GPU models run")
     run.add_argument(
         "--table-k", type=int, default=None, help="cutoff the printed table shows (default: first)"
+    )
+    run.add_argument(
+        "--checkpoint-every", type=int, default=1, help="epochs between checkpoints (resume after a kill)"
     )
     _add_benchmark_arguments(run)
     run.set_defaults(func=cmd_run)

@@ -79,3 +79,7 @@ class TrackingMismatch(BenchmarkError, RuntimeError):
 
 class EmptyWindow(BenchmarkError, ValueError):
     """A session-protocol time window (or the whole session table) without any session."""
+
+
+class CheckpointMismatch(BenchmarkError, ValueError):
+    """A training checkpoint written by another model, parameters, data or state format."""

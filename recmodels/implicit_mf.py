@@ -51,7 +51,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,7 @@ import scipy.sparse as sp
 
 from recmodels._columns import ITEM, USER, require_columns
 from recmodels.base import IdIndex, interaction_matrix, recommendations_frame, require_fitted
+from recmodels.checkpoint import STATE_FORMAT, EpochCallback, check_state
 from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingExtra
 from recmodels.implicit_mf_cpu import BETA1, BETA2, EPS, CompiledEpochs
 
@@ -240,6 +241,8 @@ class ImplicitFactorization:
     operations, meant for GPUs. After ``fit``:
     ``history_`` (one dict per epoch: epoch, loss, epoch_seconds, interactions_per_second) and
     ``module_`` (the trained :class:`BilinearNet`, e.g. for ``mlflow.pytorch.log_model``).
+    Checkpoints: ``fit``'s ``on_epoch_end`` and ``resume_from``, and :meth:`training_state`
+    (:mod:`recmodels.checkpoint`).
     """
 
     loss: Loss = "bpr"
@@ -258,6 +261,8 @@ class ImplicitFactorization:
     seen_: sp.csr_matrix = field(init=False, repr=False)
     module_: BilinearNet = field(init=False, repr=False)
     history_: list[dict[str, float]] = field(init=False, repr=False)
+    _generator: torch.Generator = field(init=False, repr=False)
+    _optimizer: CompiledEpochs | DenseAdam = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if torch is None:
@@ -273,8 +278,16 @@ class ImplicitFactorization:
             raise InvalidConfig(f"implicit_mf l2={self.l2} must be >= 0 (Adam's weight_decay).")
         resolve_device(self.device)
 
-    def fit(self, train: pd.DataFrame) -> ImplicitFactorization:
-        """Train from scratch on the (user_id, item_id) rows of ``train`` for ``n_iter`` epochs."""
+    def fit(
+        self,
+        train: pd.DataFrame,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        resume_from: dict[str, Any] | None = None,
+    ) -> ImplicitFactorization:
+        """Train on the (user_id, item_id) rows of ``train`` for ``n_iter`` epochs: from scratch, or from
+        ``resume_from`` (a :meth:`training_state`), calling ``on_epoch_end`` after each epoch
+        (:mod:`recmodels.checkpoint`)."""
         require_columns(train, (USER, ITEM), "implicit_mf train")
         if train.empty:
             raise EmptySplit("implicit_mf train has no rows; fit on a non-empty train split.")
@@ -284,32 +297,103 @@ class ImplicitFactorization:
         self.seen_ = interaction_matrix(train, self.users_, self.items_)
         n_users, n_items = len(self.users_), len(self.items_)
         pairs = torch.as_tensor(np.stack([users, items + n_users]), device=device)  # table rows, 2 × rows
-        generator = torch.Generator(device=device)
+        self._generator = torch.Generator(device=device)
         if self.seed is None:
-            generator.seed()
+            self._generator.seed()
         else:
-            generator.manual_seed(self.seed)
-        self.module_ = BilinearNet(n_users, n_items, self.embedding_dim, generator, device)
-        train_epoch = self._epoch_trainer(device)
+            self._generator.manual_seed(self.seed)
+        self.module_ = BilinearNet(n_users, n_items, self.embedding_dim, self._generator, device)
+        self._optimizer = self._make_optimizer(device)
         self.history_ = []
-        for epoch in range(1, self.n_iter + 1):
+        if resume_from is not None:
+            self._load_state(resume_from)
+        train_epoch = self._epoch_trainer()
+        for epoch in range(len(self.history_) + 1, self.n_iter + 1):
             start = time.perf_counter()
-            loss = mean_of_batch_means(train_epoch(self._epoch_index(pairs, generator)), self.batch_size)
+            loss = mean_of_batch_means(
+                train_epoch(self._epoch_index(pairs, self._generator)), self.batch_size
+            )
             seconds = time.perf_counter() - start
             if not np.isfinite(loss):
                 raise InvalidConfig(
                     f"implicit_mf training diverged: epoch {epoch} loss is {loss}; lower learning_rate "
                     f"(now {self.learning_rate})."
                 )
-            self.history_.append(
-                {
-                    "epoch": epoch,
-                    "loss": loss,
-                    "epoch_seconds": seconds,
-                    "interactions_per_second": len(train) / seconds,
-                }
-            )
+            record = {
+                "epoch": epoch,
+                "loss": loss,
+                "epoch_seconds": seconds,
+                "interactions_per_second": len(train) / seconds,
+            }
+            self.history_.append(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         return self
+
+    def training_state(self) -> dict[str, Any]:
+        """A snapshot of the fit after its last finished epoch (:mod:`recmodels.checkpoint`): the table,
+        Adam's moments and step count, the sampling generator's state and the history."""
+        require_fitted(hasattr(self, "_optimizer"), "ImplicitFactorization")
+        optimizer = self._optimizer
+        compiled = isinstance(optimizer, CompiledEpochs)
+        return {
+            "format": STATE_FORMAT,
+            "model": "implicit_mf",
+            "n_users": self.module_.n_users,
+            "n_items": self.module_.n_items,
+            "params": self._state_params(),
+            "epoch": len(self.history_),
+            "history": [dict(record) for record in self.history_],
+            "weight": self.module_.weight.detach().cpu().clone(),
+            "exp_avg": torch.as_tensor(optimizer.exp_avg).cpu().clone(),
+            # The compiled epoch keeps √v, the tensor path v (implicit_mf_cpu's docstring).
+            "exp_avg_sq": None if compiled else optimizer.exp_avg_sq.cpu().clone(),
+            "exp_avg_sqrt": torch.as_tensor(optimizer.exp_avg_sqrt).clone() if compiled else None,
+            "steps": int(optimizer.steps),
+            "generator": self._generator.get_state().clone(),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        check_state(
+            state,
+            "implicit_mf",
+            n_users=self.module_.n_users,
+            n_items=self.module_.n_items,
+            params=self._state_params(),
+        )
+        optimizer = self._optimizer
+        with torch.no_grad():
+            self.module_.weight.copy_(state["weight"])
+        if isinstance(optimizer, CompiledEpochs):
+            sqrt = state["exp_avg_sqrt"] if state["exp_avg_sqrt"] is not None else state["exp_avg_sq"].sqrt()
+            optimizer.exp_avg[:] = state["exp_avg"].numpy()
+            optimizer.exp_avg_sqrt[:] = sqrt.numpy()
+            optimizer.steps = state["steps"]
+        else:
+            square = (
+                state["exp_avg_sq"] if state["exp_avg_sq"] is not None else state["exp_avg_sqrt"].square()
+            )
+            optimizer.exp_avg.copy_(state["exp_avg"])
+            optimizer.exp_avg_sq.copy_(square)
+            optimizer.steps.fill_(state["steps"])
+        self._generator.set_state(state["generator"])
+        self.history_ = [dict(record) for record in state["history"]]
+
+    def _state_params(self) -> dict[str, Any]:
+        """The parameters a checkpoint must share with the fit that resumes it (the device may differ)."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "loss",
+                "n_iter",
+                "embedding_dim",
+                "batch_size",
+                "learning_rate",
+                "l2",
+                "num_negatives",
+                "mixed_precision",
+            )
+        }
 
     def _epoch_index(self, pairs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """An epoch's (2 + n) × rows table rows: the (user, item) ``pairs`` shuffled, then n negatives each."""
@@ -322,16 +406,21 @@ class ImplicitFactorization:
         )
         return torch.cat([pairs[:, order], negatives])
 
-    def _epoch_trainer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function from an epoch's index to each positive's loss, training ``module_`` in place: on the
-        CPU in float32 the compiled epoch of ``recmodels.implicit_mf_cpu``, else tensor operations."""
+    def _make_optimizer(self, device: torch.device) -> CompiledEpochs | DenseAdam:
+        """Adam on ``module_``'s table: on the CPU in float32 the compiled epoch of
+        ``recmodels.implicit_mf_cpu``, else :class:`DenseAdam` for tensor operations."""
         weight = self.module_.weight
         if device.type == "cpu" and not self.mixed_precision:
-            epochs = CompiledEpochs(
+            return CompiledEpochs(
                 weight.detach().numpy(), self.loss, self.batch_size, self.learning_rate, self.l2
             )
-            return lambda index: torch.from_numpy(epochs.epoch(index.numpy()))
-        optimizer = DenseAdam(weight, self.learning_rate, self.l2)
+        return DenseAdam(weight, self.learning_rate, self.l2)
+
+    def _epoch_trainer(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function from an epoch's index to each positive's loss, training ``module_`` in place."""
+        optimizer = self._optimizer
+        if isinstance(optimizer, CompiledEpochs):
+            return lambda index: torch.from_numpy(optimizer.epoch(index.numpy()))
         compute_dtype = torch.bfloat16 if self.mixed_precision else None
 
         def tensor_epoch(index: torch.Tensor) -> torch.Tensor:

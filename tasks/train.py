@@ -13,14 +13,29 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recmodels import metrics
+from recmodels.checkpoint import supports_checkpoints
 from recmodels.errors import BenchmarkError
 from recmodels.registry import create_model, model_spec
 from tasks import storage
+from tasks.checkpoints import (
+    EpochRecorder,
+    checkpoint_url,
+    claim_run,
+    ending_of,
+    fit_options,
+    load_checkpoint,
+    logged_steps,
+    new_run_tags,
+    remove_checkpoint,
+    run_identity,
+)
 from tasks.prepared import PreparedData
 from tasks.profiling import Measurement, measure
 from tasks.redaction import redact
@@ -35,6 +50,8 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
     tags: dict[str, str] = field(default_factory=dict)
+    home: str | None = None  # checkpoints go to <home>/checkpoints/<run id>/ (none without a home)
+    checkpoint_every: int = 1  # epochs between checkpoints of models trained in epochs
 
 
 def model_parameters(model: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -51,20 +68,26 @@ def model_parameters(model: Any, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fit_and_recommend(
-    model: Any, prepared: PreparedData, train: pd.DataFrame, test: pd.DataFrame, k: int
+    model: Any,
+    prepared: PreparedData,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    k: int,
+    options: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, Measurement, Measurement]:
-    """Follow the split's protocol: fold-in users (strong generalisation) or users seen in train."""
+    """Follow the split's protocol: fold-in users (strong generalisation) or users seen in train;
+    ``options`` are ``fit``'s keywords (the epoch callback and the state to resume from)."""
     if prepared.has("test_fold_in"):
         history = prepared.read("test_fold_in")
         if hasattr(model, "recommend_fold_in"):
             with measure() as fit:
-                _fit(model, train, prepared)
+                _fit(model, train, prepared, options)
             with measure() as predict:
                 recs = model.recommend_fold_in(history, k=k, exclude_seen=True)
             return recs, fit, predict
         train = pd.concat([train, history], ignore_index=True)
     with measure() as fit:
-        _fit(model, train, prepared)
+        _fit(model, train, prepared, options)
     with measure() as predict:
         recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=not leave_one_out(prepared))
     return recs, fit, predict
@@ -154,15 +177,18 @@ def _vae_cf_horovod(
         return pd.read_parquet(Path(out) / "recommendations.parquet"), fit, Measurement()
 
 
-def _fit(model: Any, train: pd.DataFrame, prepared: PreparedData) -> None:
+def _fit(
+    model: Any, train: pd.DataFrame, prepared: PreparedData, options: dict[str, Any] | None = None
+) -> None:
     """``fit``, with the validation users too where the model selects its best epoch on them (VAE-CF)."""
     accepts = inspect.signature(model.fit).parameters
     if "validation_fold_in" in accepts and prepared.has("validation_fold_in") and prepared.has("validation"):
-        model.fit(train, prepared.read("validation_fold_in"), prepared.read("validation"))
+        model.fit(train, prepared.read("validation_fold_in"), prepared.read("validation"), **(options or {}))
     elif "validation_fold_in" not in accepts and "validation" in accepts and prepared.has("validation"):
-        model.fit(train, validation=prepared.read("validation"))  # early stopping (BERT4Rec, SASRec)
+        # early stopping (BERT4Rec, SASRec)
+        model.fit(train, validation=prepared.read("validation"), **(options or {}))
     else:
-        model.fit(train)
+        model.fit(train, **(options or {}))
 
 
 def _log_model(model: Any) -> None:
@@ -238,22 +264,44 @@ def train_and_evaluate(
     logger = get_run_logger()
     spec = model_spec(name)
     tags = {**tracking.tags, "model": name}
-    with (
-        use_tracking_uri(tracking.uri),
-        mlflow.start_run(
-            experiment_id=tracking.experiment_id,
-            run_name=name,
-            parent_run_id=tracking.parent_run_id,
-            nested=True,
-            tags=tags,
-        ) as run,
-    ):
-        horovod_workers = int(params.get("num_workers", 1)) if name == "vae_cf" else 1
-        torchrun = name in ("bert4rec", "sasrec") and params.get("mode", "local") != "local"
-        model: Any = None
-        if horovod_workers == 1 and not torchrun:  # the workers log the effective parameters themselves
-            model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
-            mlflow.log_params({k: redact(str(v)) for k, v in model_parameters(model, params).items()})
+    horovod_workers = int(params.get("num_workers", 1)) if name == "vae_cf" else 1
+    torchrun = name in ("bert4rec", "sasrec") and params.get("mode", "local") != "local"
+    model: Any = None
+    if horovod_workers == 1 and not torchrun:  # the workers log the effective parameters themselves
+        model = create_model(name, **{k: v for k, v in params.items() if k != "num_workers"})
+    client = MlflowClient(tracking.uri)
+    identity = run_identity(
+        prepared=prepared.key,
+        model=name,
+        params=model_parameters(model, params) if model is not None else params,
+        top_k=top_k,
+        sar_backend=sar_backend if name == "sar" else None,
+        tracking=tracking.uri,
+        experiment=tracking.experiment_id,
+    )
+    claimed = claim_run(
+        client, tracking.experiment_id, identity, {**tags, MLFLOW_PARENT_RUN_ID: tracking.parent_run_id}
+    )
+    if claimed is not None:
+        logger.info(
+            "%s: resuming MLflow run %s (its process died or was interrupted)", name, claimed.info.run_id
+        )
+        start = {"run_id": claimed.info.run_id, "nested": True}
+    else:
+        start = {
+            "experiment_id": tracking.experiment_id,
+            "run_name": name,
+            "parent_run_id": tracking.parent_run_id,
+            "nested": True,
+            "tags": {**tags, **new_run_tags(identity)},
+        }
+    with use_tracking_uri(tracking.uri), mlflow.start_run(**start) as run, ending_of(client, run.info.run_id):
+        run_id = run.info.run_id
+        checkpoint = checkpoint_url(tracking.home, run_id) if tracking.home else None
+        skip = logged_steps(client, run_id) if claimed is not None else {}
+        if claimed is None and model is not None:
+            logged = {**model_parameters(model, params), "checkpoint_every": tracking.checkpoint_every}
+            mlflow.log_params({k: redact(str(v)) for k, v in logged.items()})
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) reports Recall@20, Recall@50 (its recall) and NDCG@100.
         paper = (20, 50, 100) if strong_generalization else ()
@@ -272,16 +320,34 @@ def train_and_evaluate(
             if torchrun:
                 create_model(name, **params)  # bad parameters fail here, before any process starts
                 recs, fit, predict, ranking = _sequential_torchrun(
-                    name, params, prepared, depth, tracking.uri, run.info.run_id
+                    name, params, prepared, depth, tracking.uri, run_id
                 )
             elif model is None:
                 recs, fit, predict = _vae_cf_horovod(
-                    params, prepared, depth, horovod_workers, tracking.uri, run.info.run_id
+                    params, prepared, depth, horovod_workers, tracking.uri, run_id
                 )
             else:
-                recs, fit, predict = _fit_and_recommend(model, prepared, train_frame, test, depth)
+                live = supports_checkpoints(model)
+                recorder = EpochRecorder(
+                    client, run_id, checkpoint, tracking.checkpoint_every, skip_steps=skip
+                )
+                state = load_checkpoint(checkpoint) if checkpoint and claimed is not None and live else None
+                if state is not None:
+                    logger.info("%s: resuming from the checkpoint of epoch %s", name, state["epoch"])
+                    mlflow.set_tag("benchmark.resumed_from_epoch", state["epoch"])
+                try:
+                    options = fit_options(model, recorder, state)
+                    recs, fit, predict = _fit_and_recommend(
+                        model, prepared, train_frame, test, depth, options
+                    )
+                finally:
+                    recorder.close()
                 if callable(getattr(model, "adapted_params", None)):  # VAE-CF's small data rule
                     mlflow.log_params(fitted_params(model.adapted_params()))
+                if not live:  # models without the checkpoint contract log their curve once fitted
+                    for epoch in getattr(model, "history_", []):
+                        step = int(epoch["epoch"])
+                        mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
         if callable(getattr(model, "evaluate_leave_one_out", None)):
             ranking = model.evaluate_leave_one_out(test)
         _log_training_input(train_frame, prepared, tags.get("size", "data"))
@@ -298,17 +364,16 @@ def train_and_evaluate(
         if predict.seconds > 0:  # the Horovod path predicts inside its worker and reports no time
             values |= {"predict_seconds": predict.seconds, "users_per_second": n_users / predict.seconds}
         values |= _model_selection(model)
-        mlflow.log_metrics(values)
-        for epoch in getattr(model, "history_", []):
-            step = int(epoch["epoch"])
-            mlflow.log_metrics({k: v for k, v in epoch.items() if k != "epoch"}, step=step)
+        mlflow.log_metrics({k: v for k, v in values.items() if 0 not in skip.get(k, ())})
         recs_parquet = recs.to_parquet(index=False)
         storage.write_bytes_atomic(recs_parquet, storage.join(output_dir, name, "recommendations.parquet"))
         _log_bytes(recs_parquet, "recommendations/recommendations.parquet")
         _log_learning_curve(getattr(model, "history_", []), name)
         _log_model(model)
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})
-        return {"model": name, "run_id": run.info.run_id, "gpu_model": spec.gpu, **values}
+        return {"model": name, "run_id": run_id, "gpu_model": spec.gpu, **values}
 
 
 def _log_learning_curve(history: list[dict[str, float]], name: str) -> None:

@@ -1,0 +1,167 @@
+"""Kill a real ``movielens-benchmark run`` mid-training (SIGKILL), run the same command again: it continues
+the same MLflow run from the last checkpoint, logs every epoch's step exactly once, and ends with the
+metrics of an uninterrupted run with the same seed (CPU: equal)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from flows.benchmark import SplitConfig, movielens_benchmark
+
+pytest.importorskip("torch")
+
+EPOCHS = 30
+IMPLICIT_MF = {"n_iter": EPOCHS, "seed": 7}
+VAE_CF = {"backend": "torch", "epochs": EPOCHS, "seed": 7, "device": "cpu"}
+VAE_SPLIT = ["--split", "strong_generalization", "--ratios", "0.8,0.1,0.1", "--heldout-users", "90"]
+VAE_FLOW = {
+    "split": SplitConfig(strategy="strong_generalization", ratios=[0.8, 0.1, 0.1], n_heldout_users=90),
+    "min_item_interactions": 0,
+    "implicit_threshold": 4.0,
+}
+
+
+def cli(home: Path, models: str, params: dict[str, dict[str, Any]], *extra: str) -> list[str]:
+    """The ``movielens-benchmark run`` command line (the console script's own code, ``flows.cli``)."""
+    flags = [f"--param={m}.{k}={v}" for m, p in params.items() for k, v in p.items()]
+    return [sys.executable, "-m", "flows.cli", "run", "--home", str(home), "--models", models, *flags, *extra]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, mirror: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {
+        "MOVIELENS_MIRROR": str(mirror),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",  # a fresh PREFECT_HOME on a busy machine
+    }
+    return env
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The command in its own session (so that its temporary Prefect server can be cleaned up after)."""
+    return subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """What the kill left running (the temporary Prefect server the CLI had started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_for_checkpoint(home: Path, process: subprocess.Popen, log: Path, timeout: float = 900) -> Path:
+    """The first checkpoint file written: training has finished at least one epoch and goes on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list((home / "checkpoints").glob("*/state.pkl"))
+        if found:
+            return found[0]
+        if process.poll() is not None:
+            pytest.fail(
+                f"the run ended (exit {process.returncode}) before a checkpoint:\n{log.read_text()[-3000:]}"
+            )
+        time.sleep(0.05)
+    pytest.fail("no checkpoint within the timeout")
+
+
+def model_run(client: MlflowClient, model: str) -> list[Run]:
+    experiment = client.get_experiment_by_name("movielens-benchmark")
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == model]
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture
+def killed_then_resumed(
+    home: Path, cli_env: dict[str, str], tmp_path: Path, request, prefect_api: None
+) -> Iterator[dict]:
+    """Parametrised by (models, model, params, extra CLI flags): a reference run in-process, then the CLI
+    killed with SIGKILL mid-training, then the same command again."""
+    models, model, params, extra, flow_extra = request.param
+    reference = movielens_benchmark(
+        home=str(home),
+        mirror=cli_env["MOVIELENS_MIRROR"],
+        models=models.split(","),
+        model_params=params,
+        experiment="reference",
+        **flow_extra,
+    )
+    command = cli(home, models, params, *extra)
+    log = tmp_path / "killed.log"
+    process = start(command, cli_env, log)
+    try:
+        wait_for_checkpoint(home, process, log)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        kill_group(process)
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    [killed] = model_run(client, model)
+    killed_steps = steps(client, killed.info.run_id, "loss")
+    rerun = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    yield {
+        "client": client,
+        "model": model,
+        "killed": killed,
+        "killed_steps": killed_steps,
+        "reference": {row["model"]: row for row in reference},
+    }
+
+
+CASES = [
+    pytest.param(("implicit_mf", "implicit_mf", {"implicit_mf": IMPLICIT_MF}, [], {}), id="implicit_mf"),
+]
+
+
+@pytest.mark.parametrize("killed_then_resumed", CASES, indirect=True)
+def test_sigkill_mid_training_then_the_same_command_resumes_the_same_run(
+    killed_then_resumed: dict, prefect_api: None
+) -> None:
+    client, model = killed_then_resumed["client"], killed_then_resumed["model"]
+    killed = killed_then_resumed["killed"]
+    assert killed.info.status == "RUNNING"  # its process died with it
+    done = killed_then_resumed["killed_steps"]
+    assert 1 <= len(done) < EPOCHS, "the kill came mid-training"
+    [resumed] = model_run(client, model)  # no second run of the model: the same one, continued
+    assert resumed.info.run_id == killed.info.run_id
+    assert resumed.info.status == "FINISHED"
+    assert int(resumed.data.tags["benchmark.resumed_from_epoch"]) >= 1
+    losses = steps(client, resumed.info.run_id, "loss")
+    assert [s for s, _ in losses] == list(range(1, EPOCHS + 1)), "each epoch's step once, none skipped"
+    reference = killed_then_resumed["reference"][model]
+    reference_losses = steps(client, reference["run_id"], "loss")
+    assert losses == reference_losses  # the same training, bit for bit on the CPU
+    metrics = resumed.data.metrics
+    for key in ("ndcg_at_10", "precision_at_10", "map_at_10"):
+        assert metrics[key] == reference[key]
+    parents = [
+        r for r in client.search_runs([resumed.info.experiment_id]) if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the parent run resumed too
+    assert resumed.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert not list((Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "checkpoints").glob("*/*"))
