@@ -182,6 +182,28 @@ class TFVAE:
         for variable, value in zip(self.model.trainable_variables, weights, strict=True):
             variable.assign(value)
 
+    def _optimizer_variables(self) -> list[tf.Variable]:
+        """Adam's step count and moments (built now if no step has run yet, as the first step would)."""
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        with tf.device(self.device):
+            inner.build(self.model.trainable_variables)
+        return list(self.optimizer.variables)
+
+    def training_state(self) -> dict[str, Any]:
+        rng = self.rng.state.numpy().copy()
+        return {
+            "weights": self.get_weights(),
+            "optimizer": [v.numpy().copy() for v in self._optimizer_variables()],
+            # Each worker draws its own dropout and noise: every worker's state, rank by rank.
+            "rng": self.hvd.allgather_object(rng) if self.hvd is not None else [rng],
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.set_weights(state["weights"])
+        for variable, value in zip(self._optimizer_variables(), state["optimizer"], strict=True):
+            variable.assign(value)
+        self.rng.state.assign(state["rng"][self.rank])
+
     def save(self, path: Path) -> Path:
         out = path / "saved_model"
         tf.saved_model.save(self.model, str(out), signatures={"serving_default": self.model.serve})

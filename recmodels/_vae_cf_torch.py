@@ -8,8 +8,10 @@ scaler on CUDA, bfloat16 on CPU; the log-softmax, the loss and the KL term are c
 
 from __future__ import annotations
 
+import copy
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -154,6 +156,22 @@ class TorchVAE:
         with torch.no_grad():
             for param, value in zip(self.model.parameters(), weights, strict=True):
                 param.copy_(torch.as_tensor(value))
+
+    def training_state(self) -> dict[str, Any]:
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "generator": self.generator.get_state(),
+            }
+        )
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
 
     def save(self, path: Path) -> Path:
         out = path / "state_dict.pt"

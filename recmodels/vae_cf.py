@@ -129,6 +129,7 @@ from recmodels.base import (
     top_k_dense,
     user_blocks,
 )
+from recmodels.checkpoint import STATE_FORMAT, EpochCallback, check_state
 from recmodels.early_stopping import EarlyStopping
 from recmodels.errors import EmptySplit, InvalidConfig, MissingExtra
 from recmodels.metrics import ndcg_at_k_from_scores, recall_at_k_from_scores
@@ -331,6 +332,14 @@ class _Backend(Protocol):
 
     def set_weights(self, weights: list[np.ndarray]) -> None: ...
 
+    def training_state(self) -> dict[str, Any]:
+        """Weights, optimizer state and generator states (all workers'), copied; collective under Horovod."""
+        ...
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state` (each worker takes its own generator state)."""
+        ...
+
     def save(self, path: Path) -> Path:
         """TF SavedModel folder / torch state-dict file under ``path``; returns what was written."""
         ...
@@ -389,12 +398,15 @@ class VAECF:
         validation: pd.DataFrame | None = None,
         *,
         horovod: bool = False,
+        on_epoch_end: EpochCallback | None = None,
+        resume_from: dict[str, Any] | None = None,
     ) -> VAECF:
         """Train on the training users' histories; with validation users (fold-in and held-out items),
         validate every ``validation_step`` epochs, keep the weights of the best NDCG@100 epoch, and stop
         once ``patience`` epochs pass without a better one (every Horovod worker at the same epoch).
 
         ``horovod=True`` (under ``horovodrun``, TF backend) shards each global batch across the workers.
+        ``on_epoch_end`` and ``resume_from``: :mod:`recmodels.checkpoint` (with :meth:`training_state`).
         """
         require_columns(train, (USER, ITEM), "train")
         if len(train) == 0:
@@ -416,14 +428,17 @@ class VAECF:
         self.fitted_config_ = config
         self.history_, self.best_epoch_ = [], None
         self.selection_ = EarlyStopping(config.patience)
-        step = 0
-        for epoch in range(1, config.epochs + 1):
+        self._steps, self._stopped = 0, False  # gradient steps taken; early stopping ended the fit
+        if resume_from is not None:
+            self._load_state(resume_from)
+        first = config.epochs + 1 if self._stopped else len(self.history_) + 1
+        for epoch in range(first, config.epochs + 1):
             plan = []
             for rows in epoch_batches(
                 len(self._users), config.batch_size, epoch, config.seed, backend.rank, backend.world_size
             ):
-                plan.append((rows, anneal_beta(step, config.total_anneal_steps, config.anneal_cap)))
-                step += 1
+                plan.append((rows, anneal_beta(self._steps, config.total_anneal_steps, config.anneal_cap)))
+                self._steps += 1
             start = time.perf_counter()
             loss_sum, n_users = backend.allreduce_sum(backend.train_epoch(plan))
             seconds = time.perf_counter() - start
@@ -444,6 +459,9 @@ class VAECF:
                 # The scores are allreduced, so workers agree; the sum makes it explicit: all stop together.
                 stop = bool(backend.allreduce_sum(np.array([float(self.selection_.should_stop(epoch))]))[0])
             self.history_.append(record)
+            self._stopped = stop
+            if on_epoch_end is not None:
+                on_epoch_end(record)
             if stop:
                 break
         self.epochs_trained_ = len(self.history_)
@@ -453,6 +471,42 @@ class VAECF:
             self.best_epoch_ = self.selection_.best_epoch
             backend.set_weights(self.selection_.best_weights)
         return self
+
+    def training_state(self) -> dict[str, Any]:
+        """A snapshot of the fit after its last finished epoch (:mod:`recmodels.checkpoint`): the backend's
+        weights, optimizer and generator states (every Horovod worker's: a collective call), the steps
+        taken, early stopping's state (best score, epoch and weights, patience) and the history."""
+        require_fitted(self._backend is not None, "VAECF")
+        assert self._backend is not None
+        return {
+            "format": STATE_FORMAT,
+            "model": "vae_cf",
+            "backend": self.config.backend,
+            "shape": (len(self._users), len(self._items)),
+            "world_size": self._backend.world_size,
+            "config": asdict(self.fitted_config_),
+            "epoch": len(self.history_),
+            "history": [dict(record) for record in self.history_],
+            "steps": self._steps,
+            "stopped": self._stopped,
+            "selection": self.selection_.state(),
+            "backend_state": self._backend.training_state(),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        assert self._backend is not None
+        check_state(
+            state,
+            "vae_cf",
+            backend=self.config.backend,
+            shape=(len(self._users), len(self._items)),
+            world_size=self._backend.world_size,
+            config=asdict(self.fitted_config_),
+        )
+        self._backend.load_training_state(state["backend_state"])
+        self.history_ = [dict(record) for record in state["history"]]
+        self._steps, self._stopped = state["steps"], state["stopped"]
+        self.selection_ = EarlyStopping.from_state(state["selection"])
 
     def _fold_in_rows(self, history: pd.DataFrame) -> tuple[IdIndex, sp.csr_matrix]:
         require_columns(history, (USER, ITEM), "fold-in history")

@@ -75,3 +75,43 @@ def test_check_state_names_what_differs() -> None:
     with pytest.raises(CheckpointMismatch, match="n_items is 3, this fit has 4"):
         checkpoint.check_state(state, "m", n_items=4)
     assert checkpoint.loads(checkpoint.dumps({"a": np.arange(3)}))["a"].tolist() == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def strong_split(ml100k: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    from recmodels import preprocessing
+
+    df = preprocessing.filter_min_interactions(preprocessing.to_implicit(ml100k), 5, 0)
+    return preprocessing.split_strong_generalization(df, n_heldout_users=90).frames()
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_vae_cf_resumed_fit_equals_uninterrupted(strong_split: dict[str, pd.DataFrame], backend: str) -> None:
+    """Validation every 2 epochs keeps a best epoch (its weights in the state); resumed at epoch 3."""
+    if backend == "tf":  # two threads, as tests/test_vae_cf.py sets them (TF fixes them when it starts)
+        tf = pytest.importorskip(
+            "tensorflow", reason="needs the [tf] extra: bash deployments/install_tf_extra.sh"
+        )
+        if not tf.config.threading.get_intra_op_parallelism_threads():
+            tf.config.threading.set_intra_op_parallelism_threads(2)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+    from recmodels.vae_cf import VAECF
+
+    data = (strong_split["train"], strong_split["validation_fold_in"], strong_split["validation"])
+    config = {"backend": backend, "epochs": 5, "hidden_dims": (100, 20), "validation_step": 2, "seed": 4}
+    whole = VAECF(**config)
+    records, states = fit_with_snapshots(whole, *data)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+
+    resumed = VAECF(**config)
+    later, _ = fit_with_snapshots(resumed, *data, resume_from=checkpoint.loads(states[3]))
+    assert [r["epoch"] for r in later] == [4, 5]
+    assert resumed.best_epoch_ == whole.best_epoch_
+    drop = ("epoch_seconds", "users_per_second", "validation_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history_] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole.history_
+    ]
+    for a, b in zip(resumed._backend.get_weights(), whole._backend.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    test = (strong_split["test_fold_in"], strong_split["test"])
+    assert resumed.evaluate(*test) == whole.evaluate(*test)
