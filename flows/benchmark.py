@@ -150,23 +150,24 @@ def movielens_benchmark(
         "transpose": transpose,
     }
     key = prepared_key(data_params)
-    prepared = load_prepared(root, key)
-    if prepared is not None:
-        logger.info(
-            "cache hit: prepared data %s found at %s; skipping download, parse, filter, split, transpose",
-            key,
-            prepared.folder,
-        )
-    else:
-        raw = data.download(size, root, mirror)
-        parsed = data.parse(size, raw, root)
-        frame = data.filter_interactions(
-            parsed, min_interactions, data_params["min_item_interactions"], implicit_threshold
-        )
-        if transpose:
-            frame = data.transpose(frame)
-        result = data.split(frame, split.strategy, split.params())
-        prepared = data.write(root, key, result, data_params)
+    with storage.lock(root, f"prepared-{key}"):  # one run builds it; the others wait and reuse it
+        prepared = load_prepared(root, key)
+        if prepared is not None:
+            logger.info(
+                "cache hit: prepared data %s found at %s; skipping download, parse, filter, split, transpose",
+                key,
+                prepared.folder,
+            )
+        else:
+            raw = data.download(size, root, mirror)
+            parsed = data.parse(size, raw, root)
+            frame = data.filter_interactions(
+                parsed, min_interactions, data_params["min_item_interactions"], implicit_threshold
+            )
+            if transpose:
+                frame = data.transpose(frame)
+            result = data.split(frame, split.strategy, split.params())
+            prepared = data.write(root, key, result, data_params)
 
     uri = tracking_uri(root)
     if redact(uri) != uri:  # MLflow prints run links with the tracking URI's password on stdout

@@ -9,18 +9,28 @@ serves the synthetic shapes of :mod:`recmodels.synthetic`. Data: F. M. Harper an
 Sources, in order: the ``mirror`` argument, else ``$MOVIELENS_MIRROR``, else GroupLens. A mirror is a
 folder, a ``file://`` URL or an ``http(s)://`` URL holding the release's zip (GroupLens' file name,
 e.g. ``ml-10m.zip``, or ``<folder>.zip``) or its extracted ``<folder>/`` (e.g. ``ml-10M100K/``).
-Every write goes to a temporary name in the destination folder and is renamed into place, so a
-``<home>/raw/<name>/`` folder is always complete and verified; of two concurrent fetches the first
-rename wins and the other keeps the winner's folder.
+Every write goes to a temporary name in the destination folder and is renamed into place, with the
+marker ``.verified.json`` (what was checked: zip and ratings sums, source, rows) inside, so a
+``<home>/raw/<name>/`` folder is complete and verified when its marker matches its ratings file, and is
+fetched again otherwise (a crashed fetch, a cache written by an older version, a file edited since).
+Concurrent fetches of one release (threads or processes of one machine) queue on a file lock in
+``<home>/locks/``: the first fetches, the others then find its verified folder.
+
+Where no published SHA-256 covers the files (folder mirrors of 1m, 20m, 25m; 10m, 32m), the ratings file
+is checked strictly instead: its release's format on the first line, a line end at the end (a truncated
+file has none) and GroupLens' published number of ratings (e.g. 1,000,209 for ML-1M), so ML-100K's
+``u.data`` rewritten with ``::`` is not taken for ML-1M.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import math
+import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import urllib.error
@@ -34,10 +44,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from filelock import FileLock
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -54,6 +64,7 @@ from recmodels.errors import (
     CorruptArchive,
     DownloadFailed,
     MalformedRatings,
+    NetworkError,
     UnknownDataset,
     UnknownFormat,
     UnsafeArchive,
@@ -65,6 +76,14 @@ GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 CSV_HEADER = "userId,movieId,rating,timestamp"
 _SEPARATORS: dict[str, str] = {"tab": "\t", "::": "::", "csv": ","}
 _CHUNK = 1 << 20
+MARKER = ".verified.json"
+RATING_RANGE = (0.5, 5.0)  # MovieLens' star scale (half stars from ML-10M on)
+#: The first data line of a ratings file in each format (ids and time integers, rating a number).
+_FIRST_LINE = {
+    "tab": re.compile(rb"\d+\t\d+\t\d+(\.\d+)?\t\d+\r?\n"),
+    "::": re.compile(rb"\d+::\d+::\d+(\.\d+)?::\d+\r?\n"),
+    "csv": re.compile(rb"\d+,\d+,\d+(\.\d+)?,\d+\r?\n"),
+}
 _PROGRESS_COLUMNS = (
     TextColumn("{task.description}"),
     BarColumn(),
@@ -84,6 +103,11 @@ class Release:
     fmt: RatingsFormat
     zip_sha256: str | None = None
     ratings_sha256: str | None = None
+    ratings_rows: int | None = None  # GroupLens' published number of ratings
+
+    @property
+    def header_lines(self) -> int:
+        return int(self.fmt == "csv")
 
     @property
     def url(self) -> str:
@@ -98,7 +122,7 @@ class Release:
 # Zip sums: tensorflow/datasets, tensorflow_datasets/url_checksums/movielens.txt (commit 1c076ac).
 # Ratings-file sums: GroupLens' byte-exact files in the shared test mirror (its SHA256SUMS).
 # GroupLens itself publishes only MD5s; 10m and 32m have no SHA-256 from a trustworthy source yet, and
-# ``latest`` changes over time.
+# ``latest`` changes over time. Rating counts: each release's README on grouplens.org.
 RELEASES: dict[str, Release] = {
     r.name: r
     for r in (
@@ -109,6 +133,7 @@ RELEASES: dict[str, Release] = {
             "tab",
             zip_sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
             ratings_sha256="06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+            ratings_rows=100_000,
         ),
         Release(
             "1m",
@@ -116,14 +141,16 @@ RELEASES: dict[str, Release] = {
             "ratings.dat",
             "::",
             zip_sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+            ratings_rows=1_000_209,
         ),
-        Release("10m", "ml-10M100K", "ratings.dat", "::"),
+        Release("10m", "ml-10M100K", "ratings.dat", "::", ratings_rows=10_000_054),
         Release(
             "20m",
             "ml-20m",
             "ratings.csv",
             "csv",
             zip_sha256="96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+            ratings_rows=20_000_263,
         ),
         Release(
             "25m",
@@ -131,8 +158,9 @@ RELEASES: dict[str, Release] = {
             "ratings.csv",
             "csv",
             zip_sha256="8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
+            ratings_rows=25_000_095,
         ),
-        Release("32m", "ml-32m", "ratings.csv", "csv"),
+        Release("32m", "ml-32m", "ratings.csv", "csv", ratings_rows=32_000_204),
         Release(
             "latest-small",
             "ml-latest-small",
@@ -140,6 +168,7 @@ RELEASES: dict[str, Release] = {
             "csv",
             zip_sha256="696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
             ratings_sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+            ratings_rows=100_836,
         ),
         Release("latest", "ml-latest", "ratings.csv", "csv"),
     )
@@ -175,26 +204,72 @@ def fetch_release(
 ) -> Path:
     """``<home>/raw/<name>/`` holding the release's verified files (at least its ratings file).
 
-    A folder already there is returned as is. ``mirror`` (else ``$MOVIELENS_MIRROR``) replaces
-    GroupLens as the source; ``progress`` shows a download bar.
+    A folder already there is returned when its ``.verified.json`` matches its ratings file; otherwise
+    it is fetched again. ``mirror`` (else ``$MOVIELENS_MIRROR``) replaces GroupLens as the source;
+    ``progress`` shows a download bar.
     """
     release = get_release(name)
-    target = Path(home or benchmark_home()) / "raw" / release.name
-    if (target / release.ratings_file).is_file():
-        return target
+    home = Path(home or benchmark_home())
+    target = home / "raw" / release.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{release.name}.", suffix=".tmp", dir=target.parent) as tmp:
-        staging = Path(tmp) / release.folder
-        source = _stage(release, str(mirror or os.environ.get("MOVIELENS_MIRROR") or ""), staging, progress)
-        _verify(release, staging / release.ratings_file, release.ratings_sha256, source)
-        try:
+    with lock(home, f"raw-{release.name}"):
+        if verified_marker(release, target) is not None:
+            return target
+        for leftover in target.parent.glob(f".{release.name}.*.tmp"):  # of a killed fetch
+            shutil.rmtree(leftover, ignore_errors=True)
+        if target.exists():  # unverified: from a crash, an older version, or edited since
+            shutil.rmtree(target)
+        with tempfile.TemporaryDirectory(prefix=f".{release.name}.", suffix=".tmp", dir=target.parent) as tmp:
+            staging = Path(tmp) / release.folder
+            source, zip_sha256 = _stage(
+                release, str(mirror or os.environ.get("MOVIELENS_MIRROR") or ""), staging, progress
+            )
+            marker = _check_ratings(release, staging / release.ratings_file, source, zip_sha256)
+            pause_point("fetch")
+            _write_json_atomic(staging / MARKER, marker)
             staging.rename(target)
-        except OSError as err:  # another process won the race: keep its folder
-            if not (target / release.ratings_file).is_file():
-                raise DownloadFailed(
-                    f"{target} exists but has no {release.ratings_file}; delete that folder and retry."
-                ) from err
     return target
+
+
+def verified_marker(release: Release, folder: Path) -> dict[str, object] | None:
+    """The marker of ``folder`` if it records a verified copy of ``release`` that its ratings file still
+    matches (size and SHA-256), else None."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        ratings = folder / release.ratings_file
+        if (
+            marker.get("release") != release.name
+            or marker.get("ratings_size") != ratings.stat().st_size
+            or (release.ratings_sha256 and marker.get("ratings_sha256") != release.ratings_sha256)
+            or _sha256(ratings) != marker.get("ratings_sha256")
+        ):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return marker
+
+
+def discard_release(name: str, home: Path | str) -> None:
+    """Delete the cached ``<home>/raw/<name>/`` (e.g. when its ratings turn out malformed at parse time)."""
+    with lock(home, f"raw-{name}"):
+        shutil.rmtree(Path(home) / "raw" / name, ignore_errors=True)
+
+
+@contextmanager
+def lock(home: Path | str, name: str) -> Iterator[None]:
+    """Hold ``<home>/locks/<name>.lock`` (an OS lock: released when the process dies, even by SIGKILL)."""
+    folder = Path(home) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / f"{name}.lock"):
+        yield
+
+
+def pause_point(step: str) -> None:
+    """Test seam for crash tests: when ``$MOVIELENS_BENCHMARK_PAUSE_AT`` is ``step``, print
+    ``paused at <step>`` to stderr and sleep, so that a test can SIGKILL the process mid-step."""
+    if os.environ.get("MOVIELENS_BENCHMARK_PAUSE_AT") == step:
+        print(f"paused at {step}", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 def parse_ratings(path: Path | str, fmt: RatingsFormat) -> pd.DataFrame:
@@ -212,6 +287,10 @@ def parse_ratings(path: Path | str, fmt: RatingsFormat) -> pd.DataFrame:
     if fmt == "::":  # split on ':' and require the fields between the two colons to be empty
         columns = [USER, "_1", ITEM, "_2", RATING, "_3", TIMESTAMP]
         types |= {"_1": pa.null(), "_2": pa.null(), "_3": pa.null()}
+    if not path.stat().st_size:
+        raise MalformedRatings(
+            f"{path} is empty: it has no ratings; fetch the release again or fix your mirror."
+        )
     if fmt == "csv":
         with path.open("rb") as lines:
             header = lines.readline().decode("utf-8", "replace").strip()
@@ -230,8 +309,23 @@ def parse_ratings(path: Path | str, fmt: RatingsFormat) -> pd.DataFrame:
     except pa.ArrowInvalid as err:
         raise _malformed(path, fmt, str(err)) from None
     frame = table.to_pandas()
-    if any(table.column(c).null_count for c in INTERACTION_COLUMNS) or not np.isfinite(frame[RATING]).all():
-        raise _malformed(path, fmt, "a missing or non-finite value")
+    valid = (
+        frame[RATING].between(*RATING_RANGE)
+        & (frame[TIMESTAMP] >= 0)
+        & (frame[USER] >= 0)
+        & (frame[ITEM] >= 0)
+    )
+    if any(table.column(c).null_count for c in INTERACTION_COLUMNS) or not valid.all():
+        raise _malformed(path, fmt, "a missing, negative or out-of-range value")
+    if frame.empty:
+        raise MalformedRatings(f"{path} has no ratings; fetch the release again or fix your mirror.")
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            raise MalformedRatings(
+                f"{path} line {len(frame) + int(fmt == 'csv')}: the last line has no line end, so the file "
+                "is truncated; fetch the release again."
+            )
     return frame
 
 
@@ -248,27 +342,26 @@ def load_dataset(name: str, home: Path | str | None = None, mirror: Path | str |
     return load_ratings(name, home, mirror)
 
 
-def _stage(release: Release, mirror: str, staging: Path, progress: bool) -> str:
-    """Put the release's files into ``staging`` (zip sum checked); return where they came from."""
+def _stage(release: Release, mirror: str, staging: Path, progress: bool) -> tuple[str, str | None]:
+    """Put the release's files into ``staging``; return where they came from and the zip's SHA-256 when
+    a zip was checked against the published sum (None otherwise)."""
     if not mirror:
         archive = staging.parent / f"ml-{release.name}.zip"
         if not _download(release.url, archive, progress):
             raise DownloadFailed(
                 f"GroupLens has no {release.url} (HTTP 404); set MOVIELENS_MIRROR to a copy."
             )
-        _unpack(release, archive, release.url, staging)
-        return release.url
+        return release.url, _unpack(release, archive, release.url, staging)
     if mirror.startswith(("http://", "https://")):
         base = mirror.rstrip("/")
         for name in release.archive_names:
             archive = staging.parent / name
             if _download(f"{base}/{name}", archive, progress):
-                _unpack(release, archive, f"{base}/{name}", staging)
-                return f"{base}/{name}"
+                return f"{base}/{name}", _unpack(release, archive, f"{base}/{name}", staging)
         url = f"{base}/{release.folder}/{release.ratings_file}"
         staging.mkdir()
         if _download(url, staging / release.ratings_file, progress):
-            return url
+            return url, None
         looked = [f"{base}/{n}" for n in release.archive_names] + [url]
         raise DownloadFailed(
             f"mirror {mirror} has no {release.name} release: looked for {', '.join(looked)}."
@@ -276,13 +369,12 @@ def _stage(release: Release, mirror: str, staging: Path, progress: bool) -> str:
     local = urllib.request.url2pathname(urlparse(mirror).path) if mirror.startswith("file:") else mirror
     root = Path(local).expanduser()
     folder = root / release.folder
+    for name in release.archive_names:  # the zip first: its published sum covers every file
+        if (root / name).is_file():
+            return str(root / name), _unpack(release, root / name, str(root / name), staging)
     if (folder / release.ratings_file).is_file():
         _copy_files(folder, staging)
-        return str(folder / release.ratings_file)
-    for name in release.archive_names:
-        if (root / name).is_file():
-            _unpack(release, root / name, str(root / name), staging)
-            return str(root / name)
+        return str(folder / release.ratings_file), None
     looked = [str(root / n) for n in release.archive_names] + [f"{folder}/{release.ratings_file}"]
     raise DownloadFailed(
         f"mirror {mirror} has no {release.name} release: looked for {', '.join(looked)}. "
@@ -290,7 +382,7 @@ def _stage(release: Release, mirror: str, staging: Path, progress: bool) -> str:
     )
 
 
-def _unpack(release: Release, archive: Path, source: str, staging: Path) -> None:
+def _unpack(release: Release, archive: Path, source: str, staging: Path) -> str | None:
     _verify(release, archive, release.zip_sha256, source)
     _extract_folder(archive, release.folder, staging)
     if not (staging / release.ratings_file).is_file():
@@ -298,6 +390,70 @@ def _unpack(release: Release, archive: Path, source: str, staging: Path) -> None
             f"{source} has no {release.folder}/{release.ratings_file}, so it is not the {release.name} "
             "release; replace it with GroupLens' original."
         )
+    return release.zip_sha256
+
+
+def _check_ratings(release: Release, path: Path, source: str, zip_sha256: str | None) -> dict[str, object]:
+    """Check the staged ratings file and return the marker recording what was checked.
+
+    Always: the published SHA-256 of the file when there is one, the release's format on the first
+    data line, a final line end, and the published number of ratings. Raises ChecksumMismatch or
+    MalformedRatings naming the source and the fix; nothing is cached then.
+    """
+    sha256, lines, last = _digest_and_lines(path)
+    _verify(release, path, release.ratings_sha256, source, actual=sha256)
+    what = f"{release.folder}/{release.ratings_file} from {source}"
+    fix = "replace it with GroupLens' original, or unset MOVIELENS_MIRROR to download it from GroupLens."
+    with path.open("rb") as f:
+        first = f.readline() if release.header_lines else b""
+        data = f.readline()
+    layout = _SEPARATORS[release.fmt].join(("user", "item", "rating", "timestamp")).replace("\t", "<TAB>")
+    if not data:
+        raise MalformedRatings(f"{what} has no ratings (empty or header only); {fix}")
+    if release.fmt == "csv" and first.strip().decode("utf-8", "replace") != CSV_HEADER:
+        raise MalformedRatings(f"{what} does not start with the header {CSV_HEADER!r}; {fix}")
+    if not _FIRST_LINE[release.fmt].fullmatch(data):
+        raise MalformedRatings(
+            f"{what} line {1 + release.header_lines}: {data[:200].decode('utf-8', 'replace').rstrip()!r} is not {layout!r}, the format of "
+            f"MovieLens {release.name}; {fix}"
+        )
+    if last != b"\n":
+        raise MalformedRatings(f"{what} does not end with a line end: it is truncated; {fix}")
+    rows = lines - release.header_lines
+    if release.ratings_rows is not None and rows != release.ratings_rows:
+        raise MalformedRatings(
+            f"{what} has {rows:,} ratings but MovieLens {release.name} has {release.ratings_rows:,} "
+            f"(GroupLens' published count), so it is not that release; {fix}"
+        )
+    checks = ["format", "line end"] + ["rating count"] * (release.ratings_rows is not None)
+    checks += ["zip sha256"] * (zip_sha256 is not None) + ["ratings sha256"] * bool(release.ratings_sha256)
+    return {
+        "release": release.name,
+        "source": source,
+        "zip_sha256": zip_sha256,
+        "ratings_file": release.ratings_file,
+        "ratings_sha256": sha256,
+        "ratings_size": path.stat().st_size,
+        "ratings_rows": rows,
+        "checks": checks,
+        "version": __version__,
+    }
+
+
+def _digest_and_lines(path: Path) -> tuple[str, int, bytes]:
+    """SHA-256, number of line ends and last byte of ``path``, in one pass."""
+    digest, lines, last = hashlib.sha256(), 0, b""
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return digest.hexdigest(), lines, last
+
+
+def _write_json_atomic(path: Path, value: dict[str, object]) -> None:
+    with _atomic_write(path) as out:
+        out.write(json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def _extract_folder(archive: Path, folder: str, dest: Path) -> None:
@@ -332,9 +488,11 @@ def _extract_folder(archive: Path, folder: str, dest: Path) -> None:
         ) from err
 
 
-def _verify(release: Release, path: Path, expected: str | None, source: str) -> None:
+def _verify(
+    release: Release, path: Path, expected: str | None, source: str, actual: str | None = None
+) -> None:
     """:class:`ChecksumMismatch` unless ``path`` hashes to ``expected`` (no check when it is None)."""
-    if expected is None or (actual := _sha256(path)) == expected:
+    if expected is None or (actual := actual or _sha256(path)) == expected:
         return
     fix = (
         "Retry the download; if it fails again, GroupLens changed the file: please report it."
@@ -385,7 +543,7 @@ def _download(url: str, dest: Path, progress: bool, attempts: int = 4, backoff_s
             error = err
         except (OSError, http.client.HTTPException) as err:
             error = err
-    raise DownloadFailed(
+    raise NetworkError(
         f"could not download {url} ({error}) in {attempts} attempts; check your connection, or set "
         "MOVIELENS_MIRROR to a folder or URL holding the release."
     )
@@ -430,8 +588,9 @@ def _malformed(path: Path, fmt: str, problem: str) -> MalformedRatings:
             text = line.rstrip("\r\n")
             if text and not (fmt == "csv" and number == 1) and not _is_rating(text.split(sep)):
                 return MalformedRatings(
-                    f"{path} line {number}: {text[:200]!r} is not {layout!r} with integer ids and time "
-                    "and a finite rating; fix or delete that line, or fetch the release again."
+                    f"{path} line {number}: {text[:200]!r} is not {layout!r} with non-negative integer ids "
+                    f"and time and a rating from {RATING_RANGE[0]} to {RATING_RANGE[1]}; fix or delete that "
+                    "line, or fetch the release again."
                 )
     return MalformedRatings(f"{path} cannot be parsed as {layout!r} ({problem}); fetch the release again.")
 
@@ -441,7 +600,8 @@ def _is_rating(fields: list[str]) -> bool:
     if len(fields) != 4:
         return False
     try:
-        int(fields[0]), int(fields[1]), int(fields[3])
-        return math.isfinite(float(fields[2]))
+        user, item, timestamp = int(fields[0]), int(fields[1]), int(fields[3])
+        rating = float(fields[2])
     except ValueError:
         return False
+    return min(user, item, timestamp) >= 0 and RATING_RANGE[0] <= rating <= RATING_RANGE[1]

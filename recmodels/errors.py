@@ -25,6 +25,11 @@ class DownloadFailed(BenchmarkError):
     """A release that could not be fetched from GroupLens or the mirror."""
 
 
+class NetworkError(DownloadFailed):
+    """A download that failed for a reason that may pass (connection, timeout, HTTP 429/5xx): the only
+    data error worth retrying."""
+
+
 class MalformedRatings(BenchmarkError, ValueError):
     """A ratings file line that cannot be parsed (file and line number in the message)."""
 

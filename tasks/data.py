@@ -8,6 +8,8 @@ Each task is a thin wrapper around :mod:`recmodels`; the caching lives in files 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,13 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.states import State
 
 from recmodels import datasets, preprocessing, synthetic
+from recmodels.errors import BenchmarkError, DownloadFailed, MalformedRatings, NetworkError
 from recmodels.preprocessing import Split
 from tasks import storage
-from tasks.prepared import PreparedData, write_prepared
+from tasks.prepared import PreparedData, data_code_version, write_prepared
 
 
 def interactions_path(home: str, size: str) -> str:
@@ -34,7 +38,20 @@ def check_size(size: str) -> None:
         datasets.get_release(size)
 
 
-@task(name="download", retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+def only_network_errors(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect retry condition: retry network errors (and unexpected ones), never an error that a retry
+    cannot fix (checksum, unsafe or corrupt archive, missing mirror, malformed data)."""
+    error = state.data
+    return not isinstance(error, BenchmarkError) or isinstance(error, NetworkError)
+
+
+@task(
+    name="download",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=only_network_errors,
+    cache_policy=NO_CACHE,
+)
 def download(size: str, home: str, mirror: str | None) -> Path | None:
     """Fetch and verify a GroupLens release (from GroupLens or the mirror) into the local cache of
     ``home``; None for synthetic data."""
@@ -47,19 +64,69 @@ def download(size: str, home: str, mirror: str | None) -> Path | None:
 def parse(size: str, raw_dir: Path | None, home: str, seed: int = 0) -> str:
     """Parse the release into the canonical Parquet table (or generate synthetic data), once per home."""
     logger = get_run_logger()
-    out = interactions_path(home, size)
-    if storage.exists(out):
-        logger.info("cache hit: %s already parsed at %s, skipping parse", size, out)
-        return out
-    if raw_dir is None:
-        shape = synthetic.parse_synthetic_name(size)
-        frame = synthetic.generate_synthetic(shape.n_users, shape.n_items, shape.n_interactions, seed=seed)
+    out, reused = build_interactions(size, raw_dir, home, seed)
+    if reused:
+        logger.info("cache hit: %s already parsed at %s (marker verified), skipping parse", size, out)
     else:
-        release = datasets.get_release(size)
-        frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.fmt)
-    storage.write_parquet_atomic(frame, out)
-    logger.info("parsed %s: %d interactions → %s", size, len(frame), out)
+        logger.info("parsed %s → %s", size, out)
     return out
+
+
+def build_interactions(size: str, raw_dir: Path | None, home: str, seed: int = 0) -> tuple[str, bool]:
+    """``interactions/<size>.parquet`` and whether it was reused: reused only when its marker
+    ``interactions/<size>.json`` (written last) records the same source (the verified raw ratings file's
+    SHA-256, or the synthetic shape and seed), the same data-step code and the file's own SHA-256.
+    One process per machine builds it at a time (:func:`tasks.storage.lock`)."""
+    out, marker_path = interactions_path(home, size), interactions_marker_path(home, size)
+    source = _interactions_source(size, raw_dir, seed)
+    with storage.lock(home, f"interactions-{size}"):
+        if _trusted_interactions(out, marker_path, source):
+            return out, True
+        storage.remove(marker_path)  # the old marker must never vouch for the new file
+        if raw_dir is None:
+            shape = synthetic.parse_synthetic_name(size)
+            frame = synthetic.generate_synthetic(
+                shape.n_users, shape.n_items, shape.n_interactions, seed=seed
+            )
+        else:
+            release = datasets.get_release(size)
+            try:
+                frame = datasets.parse_ratings(raw_dir / release.ratings_file, release.fmt)
+            except MalformedRatings:  # never keep bad data: the next run fetches the release again
+                datasets.discard_release(size, raw_dir.parent.parent)
+                raise
+        data = frame.to_parquet(index=False)
+        storage.write_bytes_atomic(data, out)
+        datasets.pause_point("parse")
+        marker = {"size": size, "source": source, "code": data_code_version(), "rows": len(frame)}
+        marker["sha256"] = hashlib.sha256(data).hexdigest()
+        storage.write_bytes_atomic(json.dumps(marker, indent=2, sort_keys=True).encode(), marker_path)
+    return out, False
+
+
+def interactions_marker_path(home: str, size: str) -> str:
+    return storage.join(home, "interactions", f"{size}.json")
+
+
+def _interactions_source(size: str, raw_dir: Path | None, seed: int) -> dict[str, Any]:
+    if raw_dir is None:
+        return {"synthetic": size, "seed": seed}
+    marker = datasets.verified_marker(datasets.get_release(size), raw_dir)
+    if marker is None:
+        raise DownloadFailed(f"{raw_dir} is not a verified copy of {size}; delete it and run again.")
+    return {"release": size, "ratings_sha256": marker["ratings_sha256"]}
+
+
+def _trusted_interactions(out: str, marker_path: str, source: dict[str, Any]) -> bool:
+    try:
+        marker = json.loads(storage.read_text(marker_path))
+        return (
+            marker["source"] == source
+            and marker["code"] == data_code_version()
+            and hashlib.sha256(storage.read_bytes(out)).hexdigest() == marker["sha256"]
+        )
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return False
 
 
 @task(name="filter", cache_policy=NO_CACHE)

@@ -101,14 +101,19 @@ def write_prepared_frames(
     home: str, key: str, frames: dict[str, pd.DataFrame], params: dict[str, Any]
 ) -> PreparedData:
     """Write ``frames`` (file stem → table) under ``prepared/<key>`` atomically, manifest last; if another
-    run got there first, keep theirs."""
-    if (existing := load_prepared(home, key)) is not None:
-        return existing
-    folder = prepared_folder(home, key)
-    if storage.is_local(home):
-        _write_local(folder, key, frames, params)
-    else:
-        _write_object_store(folder, key, frames, params)
+    run got there first, keep theirs.
+
+    Writers of one key on one machine take turns (a file lock); temporary folders of killed runs
+    (``prepared/.<key>.<uuid>.tmp``) are removed then. The flow also holds ``prepared-<key>`` from its
+    cache check to here, so that the split is computed once."""
+    with storage.lock(home, f"write-prepared-{key}"):
+        if (existing := load_prepared(home, key)) is not None:
+            return existing
+        folder = prepared_folder(home, key)
+        if storage.is_local(home):
+            _write_local(folder, key, frames, params)
+        else:
+            _write_object_store(folder, key, frames, params)
     prepared = load_prepared(home, key)
     assert prepared is not None, f"{folder} has no manifest after writing it"
     return prepared
@@ -123,6 +128,8 @@ def _write_local(final: str, key: str, frames: dict[str, pd.DataFrame], params: 
     """Build the folder under a temporary name, manifest inside, and rename it into place."""
     if Path(final).exists():  # incomplete leftover of a crashed run: rebuild
         shutil.rmtree(final, ignore_errors=True)
+    for leftover in Path(final).parent.glob(f".{key}.*.tmp"):  # of killed runs (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(storage.temporary_name(final))
     tmp.mkdir(parents=True)
     try:
@@ -131,6 +138,7 @@ def _write_local(final: str, key: str, frames: dict[str, pd.DataFrame], params: 
             data = frame.to_parquet(index=False)
             (tmp / f"{name}.parquet").write_bytes(data)
             files[name] = _describe(frame, data)
+            recmodels.datasets.pause_point("prepared")
         (tmp / MANIFEST).write_bytes(_manifest(key, params, files))
         try:
             os.rename(tmp, final)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -22,6 +24,7 @@ import pandas as pd
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from recmodels import datasets
 from recmodels.datasets import benchmark_home
 from recmodels.errors import MissingExtra
 
@@ -49,6 +52,31 @@ def local_dir(home: str) -> Path:
     """Where this machine keeps what must be local: ``home`` itself, or for a URL home the local cache
     (:func:`recmodels.datasets.benchmark_home`)."""
     return Path(home) if is_local(home) else benchmark_home()
+
+
+@contextmanager
+def lock(home: str, name: str) -> Iterator[None]:
+    """Hold the file lock ``<local_dir(home)>/locks/<name>.lock`` for the block.
+
+    It serialises the processes (and threads) of one machine that build the same cached file, so each
+    is built once and the others wait, then reuse it. An OS lock: a process killed by SIGKILL releases
+    it. For a URL home the lock is on this machine only; machines sharing the URL may each build a file,
+    and each publishes it whole (manifest or marker last), so readers never see a torn file.
+    """
+    with datasets.lock(local_dir(home), name):
+        yield
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def remove(url: str) -> None:
+    """Delete the file ``url`` if it exists."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path)
 
 
 def join(url: str, *parts: str) -> str:

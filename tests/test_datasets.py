@@ -12,7 +12,7 @@ import shutil
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -61,6 +61,11 @@ def ratings_text(fmt: str, repeat: int = 1) -> str:
 def expected_rows() -> pd.DataFrame:
     df = pd.DataFrame(ROWS, columns=["user_id", "item_id", "rating", "timestamp"])
     return df.astype({"rating": "float32"})
+
+
+def published_rows(monkeypatch: pytest.MonkeyPatch, name: str, rows: int) -> None:
+    """Make release ``name`` expect ``rows`` ratings, for small archives in its layout."""
+    monkeypatch.setitem(RELEASES, name, replace(RELEASES[name], ratings_rows=rows))
 
 
 def raw_entries(home: Path) -> list[str]:
@@ -202,7 +207,8 @@ def test_env_mirror_and_load_dataset(tmp_path: Path, mirror: Path, monkeypatch: 
 
 
 @pytest.mark.parametrize("archive", ["ml-10m.zip", "ml-10M100K.zip"])
-def test_zip_mirror_10m_layout(tmp_path: Path, archive: str) -> None:
+def test_zip_mirror_10m_layout(tmp_path: Path, archive: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    published_rows(monkeypatch, "10m", len(ROWS))
     make_zip(
         tmp_path / archive,
         {
@@ -213,7 +219,7 @@ def test_zip_mirror_10m_layout(tmp_path: Path, archive: str) -> None:
     )
     home = tmp_path / "home"
     folder = fetch_release("10m", home, tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["movies.dat", "ratings.dat"]
+    assert sorted(p.name for p in folder.iterdir()) == [".verified.json", "movies.dat", "ratings.dat"]
     pd.testing.assert_frame_equal(load_ratings("10m", home), expected_rows())
 
 
@@ -357,8 +363,9 @@ def http_mirror(tmp_path: Path) -> Iterator[Callable[[Path], Server]]:
 
 
 def test_http_mirror_retries_503_and_short_body(
-    tmp_path: Path, http_mirror: Callable[[Path], Server]
+    tmp_path: Path, http_mirror: Callable[[Path], Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    published_rows(monkeypatch, "32m", 3_000)
     root = tmp_path / "www"
     root.mkdir()
     make_zip(root / "ml-32m.zip", {"ml-32m/ratings.csv": ratings_text("csv", 1_000)})
@@ -369,7 +376,7 @@ def test_http_mirror_retries_503_and_short_body(
     assert len(df) == 3_000
     assert server.requests == ["/ml-32m.zip"] * 3
     assert raw_entries(home) == ["32m"]
-    assert sorted(p.name for p in (home / "raw" / "32m").iterdir()) == ["ratings.csv"]
+    assert sorted(p.name for p in (home / "raw" / "32m").iterdir()) == [".verified.json", "ratings.csv"]
 
 
 def test_http_mirror_of_extracted_folder(

@@ -127,7 +127,7 @@ def test_flow_on_an_s3_home_prepares_once_and_shares_the_data(
     sar = {r["model"]: r for r in first.result()}["sar"]
     assert sar["precision_at_10"] == pytest.approx(0.3308, abs=0.01)  # the same as with a local home
     assert _listing(home) == ["interactions", "prepared", "runs"]
-    assert _listing(storage.join(home, "interactions")) == ["100k.parquet"]
+    assert _listing(storage.join(home, "interactions")) == ["100k.json", "100k.parquet"]  # marker, table
     (key,) = _listing(storage.join(home, "prepared"))
     flow_run = str(first.state_details.flow_run_id)
     assert _listing(storage.join(home, "runs", flow_run)) == ["popularity", "sar"]
