@@ -26,7 +26,7 @@ from tasks.checkpoints import claim_run, end_interrupted, fail_dead_runs, new_ru
 from tasks.links import markdown_link, mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url
 from tasks.prepared import load_prepared, prepared_key
 from tasks.redaction import install_log_redaction, redact
-from tasks.tracking import experiment_id, git_commit, tracking_uri
+from tasks.tracking import experiment_id, git_commit, tracking_client, tracking_uri
 from tasks.train import Tracking, train_and_evaluate
 
 install_log_redaction()  # no credential from a URI in this process's Prefect logs
@@ -172,7 +172,7 @@ def movielens_benchmark(
     uri = tracking_uri(root)
     if redact(uri) != uri:  # MLflow prints run links with the tracking URI's password on stdout
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     flow_run_id = str(runtime.flow_run.id or "")
     tags = {
         "dataset": "synthetic" if size.startswith("synthetic") else "movielens",

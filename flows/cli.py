@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -14,6 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recmodels.errors import BenchmarkError, InvalidConfig
@@ -23,20 +23,9 @@ console = Console()
 
 def _model_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``sar.similarity=lift`` → {"sar": {"similarity": "lift"}}; values are JSON when they parse."""
-    params: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        model, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise BenchmarkError(
-                f"--param {pair!r} is not MODEL.NAME=VALUE, e.g. --param sar.similarity=lift"
-            )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params.setdefault(model, {})[name] = value
-    return params
+    from flows.validation import parse_model_params
+
+    return parse_model_params(pairs)
 
 
 def _top_k(text: str) -> list[int]:
@@ -58,7 +47,7 @@ def _print_rows(rows: list[dict[str, Any]], title: str) -> None:
     table.add_column("metric")
     for row in rows:
         table.add_column(str(row["model"]), justify="right")
-    metrics = [m for m in rows[0] if m != "model"]
+    metrics = [m for m in dict.fromkeys(k for row in rows for k in row) if m != "model"]  # every row's
     for metric in metrics:
         values = (row.get(metric) for row in rows)
         table.add_row(metric, *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
@@ -100,13 +89,10 @@ def _api_ready(api: Any) -> None:
 
 def _run(args: argparse.Namespace, api: Any) -> None:
     from flows.benchmark import cutoffs_and_table_k, movielens_benchmark, result_table
-    from recmodels.registry import model_spec
-    from tasks.data import check_size
+    from flows.validation import parse_list, validate_benchmark_args
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    check_size(args.size)  # fail fast, before the local Prefect API starts
-    for name in models:
-        model_spec(name)
+    models = parse_list(args.models, "--models")
+    model_params = validate_benchmark_args(args, [args.size], models)  # before the local Prefect API starts
     top_k = _top_k(args.top_k)
     _, table_k = cutoffs_and_table_k(top_k, args.table_k)
     split = _split_config(args)
@@ -121,7 +107,7 @@ def _run(args: argparse.Namespace, api: Any) -> None:
         transpose=args.transpose,
         top_k=top_k,
         table_k=table_k,
-        model_params=_model_params(args.param),
+        model_params=model_params,
         home=args.home,
         mirror=args.mirror,
         experiment=args.experiment,
@@ -161,15 +147,11 @@ def cmd_sessions(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from flows.sweep import check_metric, movielens_benchmark_sweep
-    from recmodels.registry import model_spec
-    from tasks.data import check_size
+    from flows.validation import parse_list, validate_benchmark_args
 
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for size in sizes:  # fail fast, before the local Prefect API starts
-        check_size(size)
-    for name in models:
-        model_spec(name)
+    sizes = parse_list(args.sizes, "--sizes")
+    models = parse_list(args.models, "--models")
+    model_params = validate_benchmark_args(args, sizes, models)  # before the local Prefect API starts
     top_k = _top_k(args.top_k)
     check_metric(args.metric, top_k)
     rows = movielens_benchmark_sweep(
@@ -179,7 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         metric=args.metric,
         split=_split_config(args),
         top_k=top_k,
-        model_params=_model_params(args.param),
+        model_params=model_params,
         home=args.home,
         mirror=args.mirror,
         experiment=args.experiment,
@@ -219,13 +201,12 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 def cmd_show(args: argparse.Namespace) -> None:
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     from tasks.storage import resolve_home
-    from tasks.tracking import tracking_uri
+    from tasks.tracking import tracking_client, tracking_uri
 
     uri = tracking_uri(resolve_home(args.home))
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise BenchmarkError(
@@ -257,7 +238,12 @@ def cmd_show(args: argparse.Namespace) -> None:
                     "choose --table-k among them"
                 )
             title += f", top-{cutoff}"
-        rows = [{"model": c.info.run_name, **_at_cutoff(c.data.metrics, cutoff)} for c in children]
+        # A killed run: its finished models are shown beside the ones that never finished (status row).
+        children = sorted(children, key=lambda c: c.info.start_time or 0)
+        rows = [
+            {"model": c.info.run_name, "status": c.info.status, **_at_cutoff(c.data.metrics, cutoff)}
+            for c in children
+        ]
         _print_rows(rows, title)
 
 
@@ -412,12 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        from flows.validation import hide_prefect_tracebacks
+
+        hide_prefect_tracebacks()
     try:
         args.func(args)
     except BenchmarkError as exc:
         if args.debug:
             raise
-        console.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False)
+        console.print(
+            f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return 2
     return 0
 

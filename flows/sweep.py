@@ -39,7 +39,7 @@ from recmodels.registry import model_spec
 from tasks import data, storage
 from tasks.links import mlflow_run_url
 from tasks.redaction import install_log_redaction
-from tasks.tracking import experiment_id, git_commit, tracking_uri
+from tasks.tracking import experiment_id, git_commit, tracking_client, tracking_uri
 
 install_log_redaction()
 ARTIFACT_KEY = "movielens-benchmark-sweep"
@@ -221,7 +221,7 @@ def movielens_benchmark_sweep(
 
     root = storage.resolve_home(home)
     uri = tracking_uri(root)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp_id = experiment_id(uri, root, experiment)
     rows = sweep_rows(client, uri, exp_id, children, models, metric)
     kinds = {"synthetic" if s.startswith("synthetic") else "movielens" for s in sizes}

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -460,7 +461,8 @@ def _extract_folder(archive: Path, folder: str, dest: Path) -> None:
     """Extract the members under ``folder/`` of the zip ``archive`` into ``dest`` (created).
 
     Raises :class:`UnsafeArchive` before writing anything if any member would land outside
-    ``dest`` (absolute path, drive or ``..``), :class:`CorruptArchive` if the zip cannot be read.
+    ``dest`` (absolute path, drive or ``..``) or is a symbolic link, :class:`CorruptArchive` if the zip
+    cannot be read.
     """
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -471,6 +473,11 @@ def _extract_folder(archive: Path, folder: str, dest: Path) -> None:
                     raise UnsafeArchive(
                         f"{archive.name} holds {member.filename!r}, which would be written outside "
                         f"{dest}; nothing was extracted. Delete it: it is not a GroupLens original."
+                    )
+                if stat.S_ISLNK(member.external_attr >> 16):
+                    raise UnsafeArchive(
+                        f"{archive.name} holds the symbolic link {member.filename!r}, which could point "
+                        "outside the cache; nothing was extracted. Delete it: it is not a GroupLens original."
                     )
             dest.mkdir(parents=True, exist_ok=True)
             for member in members:

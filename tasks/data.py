@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 
 from recmodels import datasets, preprocessing, synthetic
-from recmodels.errors import BenchmarkError, DownloadFailed, MalformedRatings, NetworkError
+from recmodels.errors import BenchmarkError, DownloadFailed, EmptySplit, MalformedRatings, NetworkError
 from recmodels.preprocessing import Split
 from tasks import storage
 from tasks.prepared import PreparedData, data_code_version, write_prepared
@@ -138,6 +138,12 @@ def filter_interactions(
     if implicit_threshold is not None:
         frame = preprocessing.to_implicit(frame, threshold=implicit_threshold)
     filtered = preprocessing.filter_min_interactions(frame, min_user_interactions, min_item_interactions)
+    n_users, n_items = filtered["user_id"].nunique(), filtered["item_id"].nunique()
+    if n_users < 2 or n_items < 2:
+        raise EmptySplit(
+            f"the filtered data has {n_users} user(s) and {n_items} item(s); a benchmark needs at least 2 of "
+            "each: check the data set (its ratings file) or lower --min-interactions."
+        )
     get_run_logger().info(
         "k-core (users ≥%d, items ≥%d): %d → %d interactions, %d users, %d items",
         min_user_interactions,

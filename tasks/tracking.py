@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from tasks import storage
@@ -28,6 +29,19 @@ def tracking_uri(home: str | Path) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else SQLite in the home's local folder (the local cache when the
     home is a URL: SQLite needs a local file; machines sharing a URL home should share a tracking server)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage.local_dir(str(home)) / 'mlflow.db'}"
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """A client of ``uri`` whose store is ready: a SQLite store is created (its schema migrated) by one
+    process at a time, under the file lock ``<db>.lock`` beside it. MLflow's own set-up races when
+    several processes open a new store at once (``table _alembic_tmp_metrics already exists``, a store
+    left half-migrated); once the schema exists, SQLite's own locking serves concurrent runs."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock"):
+            MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the schema
+    return MlflowClient(uri)
 
 
 @contextmanager
@@ -50,7 +64,7 @@ def experiment_id(uri: str, home: str | Path, name: str = EXPERIMENT) -> str:
 
     The experiment is tagged as MLflow 3's model-training kind (``mlflow.experimentKind``), not GenAI
     (see tasks/links.py for how the UI opens it on its runs)."""
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
