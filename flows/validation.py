@@ -240,12 +240,19 @@ def _fields(model_class: type) -> dict[str, Any]:
     if dataclasses.is_dataclass(target):
         annotations = {f.name: f.type for f in dataclasses.fields(target) if f.init}
     else:
+        parameters = inspect.signature(target).parameters.values()
         skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         annotations = {
             p.name: Any if p.annotation is inspect.Parameter.empty else p.annotation
-            for p in inspect.signature(target).parameters.values()
+            for p in parameters
             if p.kind not in skip
         }
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            # ``**params`` forwarded to a config dataclass (BERT4Rec, SASRec): read it from a default model
+            config = getattr(model_class(), "config", None)
+            if dataclasses.is_dataclass(config):
+                target = type(config)
+                annotations |= {f.name: f.type for f in dataclasses.fields(config) if f.init}
     namespace = vars(importlib.import_module(target.__module__))
     hints: dict[str, Any] = {}
     for name, annotation in annotations.items():
