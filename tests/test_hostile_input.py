@@ -99,9 +99,12 @@ def test_bad_argument_is_refused_before_the_flow(
     monkeypatch: pytest.MonkeyPatch,
     capfd,
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     home = tmp_path / "home"
-    assert main(["run", "--home", str(home), *argv]) == 2
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no Prefect server configured
+        assert main(["run", "--home", str(home), *argv]) == 2
     out, err = capfd.readouterr()
     one_line_error(out, error, problem, fix, logs=err)
     assert "temporary server" not in out + err and "flow run" not in out + err, "refused before the flow"
