@@ -135,6 +135,16 @@ def killed_then_resumed(
 
 CASES = [
     pytest.param(("implicit_mf", "implicit_mf", {"implicit_mf": IMPLICIT_MF}, [], {}), id="implicit_mf"),
+    pytest.param(
+        (
+            "popularity,vae_cf",
+            "vae_cf",
+            {"vae_cf": VAE_CF},
+            [*VAE_SPLIT, "--min-item-interactions", "0", "--implicit-threshold", "4"],
+            VAE_FLOW,
+        ),
+        id="vae_cf-torch",
+    ),
 ]
 
 
