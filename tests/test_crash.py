@@ -97,4 +97,4 @@ def test_sigkill_in_each_data_step_then_the_next_run_rebuilds(tmp_path: Path, mi
     assert leftover.startswith(f".{key}."), "the killed run's temporary folder was removed"
     manifest = json.loads((prepared / key / "manifest.json").read_text())
     assert set(manifest["files"]) == {"train", "validation", "test"}
-    assert "ndcg_at_10" in done.stdout
+    assert "ndcg_at_" in done.stdout  # the table at the run's first cutoff
