@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from flows.validation import parse_model_params
 from recmodels import datasets, sequences
 from recmodels.session_eval import average_over_windows, incremental_evaluation
 from recmodels.synthetic_sessions import synthetic_sessions
@@ -32,22 +33,9 @@ FILES = {"100k": ("ml-100k/u.data", "tab"), "latest-small": ("ml-latest-small/ra
 DETERMINISTIC = {"popularity", "item_knn", "session_knn"}
 
 
-def parse_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    params: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        model, _, name = key.partition(".")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params.setdefault(model, {})[name] = value
-    return params
-
-
 def aod_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    params = parse_params(args.param)
+    params = parse_model_params(args.param)
     for size in args.sizes.split(","):
         path, fmt = FILES[size]
         config = sequences.SessionConfig(window_days=sequences.default_window_days(size))
