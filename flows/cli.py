@@ -92,7 +92,9 @@ def _run(args: argparse.Namespace, api: Any) -> None:
     from flows.validation import parse_list, validate_benchmark_args
 
     models = parse_list(args.models, "--models")
-    model_params = validate_benchmark_args(args, [args.size], models)  # before the local Prefect API starts
+    temporary_api = api is not None and api.source == "temporary server"
+    # Before the temporary Prefect API has started (never asked: it has no GPU pool).
+    model_params = validate_benchmark_args(args, [args.size], models, temporary_api)
     top_k = _top_k(args.top_k)
     _, table_k = cutoffs_and_table_k(top_k, args.table_k)
     split = _split_config(args)

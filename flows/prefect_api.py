@@ -16,6 +16,11 @@ Order of choice:
 2. A Prefect server answers at ``http://127.0.0.1:4200/api`` (the stack's default): reused, logged.
 3. Otherwise a temporary server on a free local port, as Prefect's own (same command and settings:
    no UI, ephemeral mode), stopped when the process exits.
+
+Temporary servers of runs started at the same moment share ``$PREFECT_HOME/prefect.db``, and each one
+migrates it as it starts: on a fresh database they race (``duplicate column name: max_scheduled_runs``,
+server exit 3). So a temporary server starts under a file lock in ``$PREFECT_HOME``, held until it answers:
+the next run's server then finds the database migrated.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from recmodels.errors import BenchmarkError
 
 RUNNING_SERVER_URL = "http://127.0.0.1:4200/api"  # `movielens-benchmark stack up`'s Prefect server
@@ -46,9 +53,21 @@ class LocalAPI:
     source: str  # "running server" or "temporary server"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     previous_url: str | None = field(default=None, repr=False)
+    start_lock: FileLock | None = field(default=None, repr=False)  # held while a temporary server starts
 
     def wait(self, timeout: float) -> None:
         """Block until the server answers its health check (a temporary server may still be starting)."""
+        try:
+            self._wait(timeout)
+        finally:
+            self.release_start_lock()
+
+    def release_start_lock(self) -> None:
+        """Let the next run's temporary server start (this one answers, failed, or is not needed)."""
+        if self.start_lock is not None and self.start_lock.is_locked:
+            self.start_lock.release()
+
+    def _wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not _healthy(self.url):
             if self.process is not None and self.process.poll() is not None:
@@ -66,6 +85,7 @@ class LocalAPI:
 
     def restore_environment(self) -> None:
         """``PREFECT_API_URL`` as it was before :func:`local_api`."""
+        self.release_start_lock()
         if self.previous_url is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
@@ -92,9 +112,10 @@ def local_api(running_server_url: str = RUNNING_SERVER_URL) -> LocalAPI | None:
     if _healthy(running_server_url, timeout=0.3):
         os.environ["PREFECT_API_URL"] = running_server_url
         return LocalAPI(running_server_url, "running server", previous_url=previous)
+    lock = _start_lock()
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    api = LocalAPI(url, "temporary server", _start_server(port), previous_url=previous)
+    api = LocalAPI(url, "temporary server", _start_server(port), previous_url=previous, start_lock=lock)
     atexit.register(api.stop)
     os.environ["PREFECT_API_URL"] = url
     return api
@@ -115,14 +136,35 @@ def configured_api_url() -> str | None:
         return PREFECT_API_URL.value() or None
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", prefect_home() / "profiles.toml")).expanduser()
     try:
         profiles = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError):
         return None
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
     return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+
+
+def prefect_home() -> Path:
+    """``$PREFECT_HOME`` (default ``~/.prefect``), where the temporary servers' database lives."""
+    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+
+
+def _start_lock() -> FileLock:
+    """The lock a temporary server starts under (module docstring), acquired: other runs' servers are
+    waited for as long as one may take to start."""
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20"))
+    lock = FileLock(home / ".temporary-server.lock")
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise BenchmarkError(
+            f"another run's temporary Prefect server held {lock.lock_file} for {timeout:.0f} s while starting; "
+            "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or run `movielens-benchmark stack up`."
+        ) from None
+    return lock
 
 
 def _healthy(url: str, timeout: float = 1.0) -> bool:

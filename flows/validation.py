@@ -162,11 +162,13 @@ def gpu_pool_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
-def check_gpu(gpu: str, models: list[str]) -> bool:
-    """Whether GPU models go to the ``gpu`` pool; ``--gpu pool`` needs an online worker there."""
+def check_gpu(gpu: str, models: list[str], temporary_api: bool = False) -> bool:
+    """Whether GPU models go to the ``gpu`` pool; ``--gpu pool`` needs an online worker there. A temporary
+    Prefect server this process started (``temporary_api``) has no workers and may still be starting: it is
+    not asked."""
     if gpu == "local" or not any(model_spec(m).gpu for m in models):
         return False
-    url = gpu_pool_url()
+    url = None if temporary_api else gpu_pool_url()
     if url is None:
         if gpu == "pool":
             raise GPUUnavailable(
@@ -307,9 +309,12 @@ def _check_backend(name: str, model: Any) -> None:
             )
 
 
-def validate_benchmark_args(args: Any, sizes: list[str], models: list[str]) -> dict[str, dict[str, Any]]:
+def validate_benchmark_args(
+    args: Any, sizes: list[str], models: list[str], temporary_api: bool = False
+) -> dict[str, dict[str, Any]]:
     """Every argument of ``run``/``sweep``; returns the parsed ``--param`` values. Models run elsewhere
-    (a GPU pool, a sweep's ``--deployment``) get the name and type checks only."""
+    (a GPU pool, a sweep's ``--deployment``) get the name and type checks only. ``temporary_api``: the
+    Prefect API is a temporary server this process started (:func:`flows.prefect_api.local_api`)."""
     from tasks.data import check_size
 
     for size in sizes:
@@ -323,7 +328,7 @@ def validate_benchmark_args(args: Any, sizes: list[str], models: list[str]) -> d
     params = parse_model_params(args.param)
     if getattr(args, "deployment", None):
         remote = set(models)
-    elif check_gpu(getattr(args, "gpu", "auto"), models):
+    elif check_gpu(getattr(args, "gpu", "auto"), models, temporary_api):
         remote = {m for m in models if model_spec(m).gpu}
     else:
         remote = set()

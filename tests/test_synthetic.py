@@ -114,7 +114,9 @@ def test_user_counts_sum_floor_and_ceiling() -> None:
 def test_named_shapes_match_the_real_releases() -> None:
     assert parse_synthetic_name("synthetic-20m") == SyntheticShape(138_493, 26_744, 20_000_263)
     assert parse_synthetic_name("synthetic-100k") == SyntheticShape(943, 1_682, 100_000)
-    assert set(SYNTHETIC_SHAPES) == {f"synthetic-{s}" for s in ("100k", "1m", "10m", "20m", "25m", "32m")}
+    releases = {f"synthetic-{s}" for s in ("100k", "1m", "10m", "20m", "25m", "32m")}
+    assert set(SYNTHETIC_SHAPES) == releases | {"synthetic-random"}  # + TorchRec BERT4Rec's random dataset
+    assert parse_synthetic_name("synthetic-random") == SyntheticShape(3_000, 500_000, 8_000_000)
     assert tuple(parse_synthetic_name("synthetic-1000x500x30000")) == (1_000, 500, 30_000)
 
 
