@@ -28,7 +28,7 @@ backward recomputes each block's logits and uses ∂loss/∂ŷ_t(i) = (softmax_t
 
 Training: Adam (Kingma & Ba 2015) on windows of the train sequences (``recmodels.sequences``), shuffled
 each epoch; after each epoch the validation NDCG@10 (full ranking of the validation item from the train
-history) is computed, and training stops after ``patience`` epochs without improvement, keeping the best
+history, the train items excluded) is computed, and training stops after ``patience`` epochs without improvement, keeping the best
 epoch's weights. In ``ddp`` mode every rank holds the whole model and gradients are averaged
 (``DistributedDataParallel``); in ``dmp`` mode TorchRec's planner shards the item table across ranks
 (``DistributedModelParallel``, row-wise by default) and trains it with its fused Adam (fbgemm's CPU
@@ -43,7 +43,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +54,7 @@ import pandas as pd
 from recmodels import metrics
 from recmodels._columns import ITEM, USER, require_columns
 from recmodels.base import IdIndex, recommendations_frame, require_fitted, top_k_dense
+from recmodels.checkpoint import STATE_FORMAT, EpochCallback, check_state, dumps, loads
 from recmodels.errors import EmptySplit, GPUUnavailable, InvalidConfig, MissingExtra
 from recmodels.sequences import UserSequences, append_items, sliding_windows, user_sequences
 
@@ -390,15 +391,19 @@ class SequentialRecommender:
         self,
         train: pd.DataFrame,
         validation: pd.DataFrame | None = None,
-        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        resume_from: dict[str, Any] | None = None,
         checkpoint_dir: str | Path | None = None,
     ) -> SequentialRecommender:
         """Train on ``train`` (early stopping on ``validation``'s NDCG@10 when given); in ``ddp``/``dmp``
         mode this is one rank of an initialised process group (``tasks.launcher`` starts them).
 
-        ``on_epoch`` receives each epoch's record (epoch, loss, epoch_seconds, records_per_second,
-        validation_ndcg_at_10); ``checkpoint_dir`` holds the state after each epoch (one file per rank)
-        and a later ``fit`` with the same folder resumes from it.
+        Keeps the checkpoint contract (:mod:`recmodels.checkpoint`): ``on_epoch_end`` receives each
+        epoch's record (epoch, loss, epoch_seconds, records_per_second, validation_ndcg_at_10) and may
+        call :meth:`training_state`; ``resume_from`` (such a state) continues the fit after its epoch,
+        equal to an uninterrupted fit on the CPU. ``checkpoint_dir`` (the torchrun workers' way) writes
+        each rank's state there after each epoch, and a later ``fit`` with the same folder resumes it.
         """
         require_torchrec(self.name)
         cfg = self.config
@@ -425,51 +430,82 @@ class SequentialRecommender:
 
         torch.manual_seed(cfg.seed)
         network = SequenceTransformer(len(self.items_), cfg, self.causal, self.activation, self.norm_first)
-        self.module_, self.wrapped_, optimizer = self._distribute(network)
+        self.module_, self.wrapped_, self._optimizer = self._distribute(network)
         windows = torch.from_numpy(
             sliding_windows(self.train_sequences_, self.window_length(), cfg.window_step)
         )
-        scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
-        state = {"epoch": 0, "best": -1.0, "best_epoch": None, "since_best": 0, "history": []}
-        best_weights: bytes | None = None
+        self._scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
+        self._selection = {"best": -1.0, "best_epoch": None, "since_best": 0}
+        self._best_weights: bytes | None = None
+        self.history_ = []
         checkpoint = _checkpoint_path(checkpoint_dir, self.dist_.rank)
-        if checkpoint is not None and checkpoint.exists():
-            saved = torch.load(checkpoint, weights_only=False)
-            self.wrapped_.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state, best_weights = saved["state"], saved["best_weights"]
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            if state["since_best"] >= cfg.patience:
+        if resume_from is None and checkpoint is not None and checkpoint.exists():
+            resume_from = loads(checkpoint.read_bytes())
+        if resume_from is not None:
+            self._load_state(resume_from)
+        for epoch in range(len(self.history_) + 1, cfg.epochs + 1):
+            if self._selection["since_best"] >= cfg.patience:
                 break
-            record = self._train_epoch(windows, optimizer, scaler, epoch)
+            record = self._train_epoch(windows, self._optimizer, self._scaler, epoch)
             if val_users is not None:
                 ranks = self._target_ranks(self.train_sequences_, val_users, val_targets)
                 score = metrics.ranks_to_metrics(ranks)["ndcg_at_10"]
                 record["validation_ndcg_at_10"] = score
-                if score > state["best"]:
-                    state.update(best=score, best_epoch=epoch, since_best=0)
-                    best_weights = _state_bytes(self.wrapped_)
+                if score > self._selection["best"]:
+                    self._selection.update(best=score, best_epoch=epoch, since_best=0)
+                    self._best_weights = _state_bytes(self.wrapped_.state_dict())
                 else:
-                    state["since_best"] += 1
-            state["epoch"] = epoch
-            state["history"].append(record)
+                    self._selection["since_best"] += 1
+            self.history_.append(record)
             if checkpoint is not None:
-                _save_atomic(
-                    {
-                        "model": self.wrapped_.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "state": state,
-                        "best_weights": best_weights,
-                    },
-                    checkpoint,
-                )
-            if on_epoch is not None:
-                on_epoch(record)
-        if best_weights is not None:
-            self.wrapped_.load_state_dict(torch.load(io.BytesIO(best_weights), weights_only=False))
-        self.history_, self.best_epoch_ = state["history"], state["best_epoch"]
+                _write_atomic(dumps(self.training_state()), checkpoint)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        if self._best_weights is not None:
+            self.wrapped_.load_state_dict(_state_from_bytes(self._best_weights))
+        self.best_epoch_ = self._selection["best_epoch"]
         self._fitted = True
         return self
+
+    def training_state(self) -> dict[str, Any]:
+        """A snapshot after the last finished epoch (:mod:`recmodels.checkpoint`): this rank's weights
+        (its shard of the item table under ``dmp``) and optimizer state, the global torch generator
+        (dropout), the history and early stopping's bookkeeping with the best epoch's weights."""
+        return {
+            "format": STATE_FORMAT,
+            "model": self.name,
+            "n_items": len(self.items_),
+            "n_users": len(self.train_sequences_),
+            "params": self._state_params(),
+            "epoch": len(self.history_),
+            "history": [dict(record) for record in self.history_],
+            "weights": _state_bytes(
+                {"model": self.wrapped_.state_dict(), "optimizer": self._optimizer.state_dict()}
+            ),
+            "selection": dict(self._selection),
+            "best_weights": self._best_weights,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _state_params(self) -> dict[str, Any]:
+        """The parameters a resumed fit must share with the state's (all but epochs and patience)."""
+        return {k: v for k, v in self.params().items() if k not in ("epochs", "patience")}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        check_state(
+            state,
+            self.name,
+            n_items=len(self.items_),
+            n_users=len(self.train_sequences_),
+            params=self._state_params(),
+        )
+        saved = _state_from_bytes(state["weights"])
+        self.wrapped_.load_state_dict(saved["model"])
+        self._optimizer.load_state_dict(saved["optimizer"])
+        self._selection = dict(state["selection"])
+        self._best_weights = state["best_weights"]
+        self.history_ = [dict(record) for record in state["history"]]
+        torch.set_rng_state(state["torch_rng"])
 
     def _distribute(self, network: Any) -> tuple[Any, Any, Any]:
         """(unwrapped module, module to call, optimizer) for the mode."""
@@ -596,15 +632,18 @@ class SequentialRecommender:
         targets: np.ndarray,
         negatives: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Rank (1 = best) of each user's target code among all items, or among the target and its row
-        of ``negatives`` (codes); gathered over ranks; users unknown or targets unseen in train rank last."""
+        """Rank (1 = best) of each user's target code among all items except the user's history items
+        (``sequences``; the target itself is never excluded), or among the target and its row of
+        ``negatives`` (codes); gathered over ranks; users unknown or targets unseen in train rank last."""
         inputs, known = self._inputs_for(sequences, users)
+        position = pd.Index(sequences.users).get_indexer(np.asarray(users))
         ranks = np.full(len(users), len(self.items_) + 1, dtype=np.int64)
         for rows, scores in self._score_blocks(inputs):
             target = targets[rows] - 1
             valid = known[rows] & (target >= 0)
             target = np.maximum(target, 0)
             if negatives is None:
+                _exclude_history(scores, sequences, position[rows], target)
                 got = metrics.target_ranks(scores, target)
             else:
                 got = metrics.target_ranks(scores, target, candidates=negatives[rows] - 1)
@@ -614,7 +653,9 @@ class SequentialRecommender:
     def evaluate_leave_one_out(self, test: pd.DataFrame) -> dict[str, float]:
         """Full-ranking and sampled metrics of the test item from train history + validation item.
 
-        Full ranking: the test item's rank among all n items, nothing excluded. Sampled (Sun et al.
+        Full ranking: the test item's rank among all n items except the user's history (train items
+        and validation item; the test item itself is never excluded, even where it repeats a history
+        item), as RecBole's full-sort evaluation and ``recommend(exclude_seen=True)``. Sampled (Sun et al.
         2019, Section 4.2): among itself and ``eval_negatives`` items the user never interacted with,
         drawn by train popularity with ``seed``; names prefixed ``sampled_``.
         """
@@ -666,6 +707,18 @@ class SequentialRecommender:
         return recommendations_frame(user_ids[keep], top[keep], values[keep], self.items_)
 
 
+def _exclude_history(
+    scores: np.ndarray, sequences: UserSequences, position: np.ndarray, target: np.ndarray
+) -> None:
+    """Set each row's history items (codes of ``sequences`` at ``position``; −1: unknown user) to −inf
+    in place, except the row's ``target`` column, which is never excluded."""
+    for row, (where, keep) in enumerate(zip(position, target, strict=True)):
+        if where >= 0:
+            kept = scores[row, keep]
+            scores[row, sequences.sequence(where) - 1] = -np.inf
+            scores[row, keep] = kept
+
+
 def _dist_initialized() -> bool:
     import torch.distributed as dist
 
@@ -708,10 +761,15 @@ def _gather_rows(top: np.ndarray, values: np.ndarray, world: _Distributed) -> tu
     return top, values
 
 
-def _state_bytes(module: Any) -> bytes:
+def _state_bytes(values: Any) -> bytes:
+    """``values`` (state dicts) as bytes: a copy that later training does not change."""
     buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
+    torch.save(values, buffer)
     return buffer.getvalue()
+
+
+def _state_from_bytes(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), weights_only=False)
 
 
 def _checkpoint_path(folder: str | Path | None, rank: int) -> Path | None:
@@ -722,7 +780,7 @@ def _checkpoint_path(folder: str | Path | None, rank: int) -> Path | None:
     return path / f"checkpoint-rank{rank}.pt"
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
+def _write_atomic(data: bytes, path: Path) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
+    tmp.write_bytes(data)
     os.replace(tmp, path)

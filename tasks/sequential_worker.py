@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         logger.params({**model.params(), "world_size": dist.get_world_size()})
     start = time.perf_counter()
     validation = None if args.throughput else frames["validation"]
-    model.fit(frames["train"], validation, on_epoch=logger, checkpoint_dir=args.checkpoint_dir)
+    model.fit(frames["train"], validation, on_epoch_end=logger, checkpoint_dir=args.checkpoint_dir)
     fit_seconds = time.perf_counter() - start
     output: Path = args.output
     (output / "layout").mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             _write_json(output / "results.json", results)
         return None
     test_metrics = model.evaluate_leave_one_out(frames["test"])
-    recs = model.recommend(frames["test"]["user_id"].unique(), k=args.k, exclude_seen=False)
+    recs = model.recommend(frames["test"]["user_id"].unique(), k=args.k, exclude_seen=True)
     (output / "model").mkdir(exist_ok=True)
     torch.save(model.wrapped_.state_dict(), output / "model" / f"rank{rank}.pt")
     dist.barrier()

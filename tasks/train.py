@@ -86,31 +86,47 @@ def _fit_and_recommend(
                 recs = model.recommend_fold_in(history, k=k, exclude_seen=True)
             return recs, fit, predict
         train = pd.concat([train, history], ignore_index=True)
+    if leave_one_out(prepared) and not _stops_on_validation_items(model):
+        train = pd.concat([train, prepared.read("validation")], ignore_index=True)
     with measure() as fit:
         _fit(model, train, prepared, options)
     with measure() as predict:
-        recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=not leave_one_out(prepared))
+        recs = model.recommend(test["user_id"].unique(), k=k, exclude_seen=True)
     return recs, fit, predict
 
 
 def leave_one_out(prepared: PreparedData) -> bool:
-    """Whether ``prepared`` is a leave-one-out split, whose protocol ranks all items, nothing excluded
-    (issue 16: the held-out item may not be masked away as seen)."""
+    """Whether ``prepared`` is a leave-one-out split. Its protocol (issue 16, RecBole's full sort): the
+    test item is ranked after the user's whole history, train items and validation item, which are
+    excluded from the ranking; models that do not select epochs on the validation item (popularity, SAR,
+    ...) are fitted on train + validation, as bert4rec/sasrec read it as input at test time. The test
+    item is never excluded: bert4rec/sasrec rank it by score (``evaluate_leave_one_out``), and MovieLens
+    holds one rating per user and item, so it is never in the history."""
     return prepared.manifest.get("params", {}).get("split") == "leave_one_out"
 
 
 def _sequential_torchrun(
-    name: str, params: dict[str, Any], prepared: PreparedData, k: int, uri: str, run_id: str
+    name: str,
+    params: dict[str, Any],
+    prepared: PreparedData,
+    k: int,
+    uri: str,
+    run_id: str,
+    checkpoint: str | None = None,
 ) -> tuple[pd.DataFrame, Measurement, Measurement, dict[str, float]]:
     """BERT4Rec/SASRec in ``dmp``/``ddp`` mode: ``nproc`` torchrun ranks (tasks/launcher.py) of
-    tasks/sequential_worker.py; rank 0 logs parameters, per-epoch metrics and the model into ``run_id``."""
+    tasks/sequential_worker.py; rank 0 logs parameters, per-epoch metrics and the model into ``run_id``.
+    Each rank checkpoints every epoch beside ``checkpoint`` (a local home; a rerun of a killed run resumes
+    there), else in a temporary folder."""
     from tasks.launcher import launch
     from tasks.sequential_worker import worker_args
 
     nproc = int(params.get("nproc", 1))
     device = "cuda" if str(params.get("device", "auto")) != "cpu" and _cuda() else "cpu"
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as out:
-        args = worker_args(name, prepared.folder, out, params, k, uri, run_id, Path(out) / "checkpoints")
+        local = checkpoint is not None and "://" not in checkpoint
+        ranks = Path(checkpoint).parent / "ranks" if local else Path(out) / "checkpoints"
+        args = worker_args(name, prepared.folder, out, params, k, uri, run_id, ranks)
         with measure() as fit:
             results = launch(nproc, "tasks.sequential_worker", args, out, device=device)
         fit.seconds = results["fit_seconds"]
@@ -177,6 +193,12 @@ def _vae_cf_horovod(
         return pd.read_parquet(Path(out) / "recommendations.parquet"), fit, Measurement()
 
 
+def _stops_on_validation_items(model: Any) -> bool:
+    """Whether ``fit`` takes the validation items themselves for early stopping (BERT4Rec, SASRec)."""
+    accepts = inspect.signature(model.fit).parameters
+    return "validation" in accepts and "validation_fold_in" not in accepts
+
+
 def _fit(
     model: Any, train: pd.DataFrame, prepared: PreparedData, options: dict[str, Any] | None = None
 ) -> None:
@@ -184,7 +206,7 @@ def _fit(
     accepts = inspect.signature(model.fit).parameters
     if "validation_fold_in" in accepts and prepared.has("validation_fold_in") and prepared.has("validation"):
         model.fit(train, prepared.read("validation_fold_in"), prepared.read("validation"), **(options or {}))
-    elif "validation_fold_in" not in accepts and "validation" in accepts and prepared.has("validation"):
+    elif _stops_on_validation_items(model) and prepared.has("validation"):
         # early stopping (BERT4Rec, SASRec)
         model.fit(train, validation=prepared.read("validation"), **(options or {}))
     else:
@@ -320,7 +342,7 @@ def train_and_evaluate(
             if torchrun:
                 create_model(name, **params)  # bad parameters fail here, before any process starts
                 recs, fit, predict, ranking = _sequential_torchrun(
-                    name, params, prepared, depth, tracking.uri, run_id
+                    name, params, prepared, depth, tracking.uri, run_id, checkpoint
                 )
             elif model is None:
                 recs, fit, predict = _vae_cf_horovod(

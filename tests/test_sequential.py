@@ -229,3 +229,64 @@ def test_checkpoint_each_epoch_resumes_where_it_stopped(
     )
     assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
     assert resumed.history_[:2] == first.history_  # epochs 1-2 restored, not retrained
+
+
+@pytest.mark.parametrize("name", ["bert4rec", "sasrec"])
+def test_resumed_fit_equals_uninterrupted_fit(name: str, small_split: preprocessing.Split) -> None:
+    """The checkpoint contract (recmodels/checkpoint.py): a fit resumed from the state taken at the end
+    of epoch 2 (dropout's generator, Adam's moments, early stopping's best weights) ends bit for bit
+    equal to the uninterrupted 3-epoch fit; a state of other parameters is refused."""
+    from recmodels.checkpoint import dumps, loads, supports_checkpoints
+    from recmodels.errors import CheckpointMismatch
+    from recmodels.registry import create_model
+
+    params = {**TINY, "epochs": 3, "patience": 3, "seed": 5, "lr": 0.005}
+    states: dict[int, bytes] = {}
+    whole = create_model(name, **params)
+    assert supports_checkpoints(whole)
+    whole.fit(
+        small_split.train,
+        small_split.validation,
+        on_epoch_end=lambda record: states.setdefault(record["epoch"], dumps(whole.training_state())),
+    )
+    assert sorted(states) == [1, 2, 3]
+    resumed = create_model(name, **params).fit(
+        small_split.train, small_split.validation, resume_from=loads(states[2])
+    )
+    strip = [
+        {k: v for k, v in h.items() if k not in ("epoch_seconds", "records_per_second")}
+        for h in whole.history_
+    ]
+    assert [{k: v for k, v in h.items() if k in strip[0]} for h in resumed.history_] == strip
+    assert resumed.best_epoch_ == whole.best_epoch_
+    for key, value in whole.module_.state_dict().items():
+        assert torch.equal(value, resumed.module_.state_dict()[key]), key
+    assert resumed.evaluate_leave_one_out(small_split.test) == whole.evaluate_leave_one_out(small_split.test)
+    with pytest.raises(CheckpointMismatch, match="delete the checkpoint"):
+        create_model(name, **{**params, "emb_dim": 32}).fit(
+            small_split.train, small_split.validation, resume_from=loads(states[2])
+        )
+
+
+def test_full_ranking_excludes_history_but_never_the_target(small_split: preprocessing.Split) -> None:
+    """Leave-one-out full ranking (tasks/train.py ``leave_one_out``): the user's history items are not
+    ranked, the target always is; the ranks agree with the recommendation lists of
+    ``recommend(exclude_seen=True)``, and the sampled rank (101 candidates) is never worse."""
+    from recmodels.sasrec import SASRec
+
+    model = SASRec(**{**TINY, "epochs": 1}).fit(small_split.train, small_split.validation)
+    test = small_split.test
+    users = test["user_id"].to_numpy()
+    targets = model.items_.positions(test["item_id"].to_numpy()) + 1
+    full = model._target_ranks(model.history_sequences_, users, targets)
+    recs = model.recommend(users, k=10, exclude_seen=True)
+    listed = test.merge(recs, on=["user_id", "item_id"], how="left")["rank"].fillna(11).to_numpy()
+    known = targets > 0
+    assert (np.minimum(full, 11)[known] == listed[known]).all()
+    # the target made a history item (as if a repeat): it is still ranked, among the same items
+    repeat = model.history_sequences_.sequence(0)[-1]
+    again = model._target_ranks(model.history_sequences_, users[:1], np.array([repeat]))
+    assert 1 <= again[0] <= len(model.items_) - len(model.history_sequences_.sequence(0)) + 1
+    values = model.evaluate_leave_one_out(test)
+    for key in ("hr_at_1", "hr_at_5", "hr_at_10", "ndcg_at_5", "ndcg_at_10", "mrr"):
+        assert values[f"sampled_{key}"] >= values[key]
