@@ -14,6 +14,16 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 DEFAULT_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_logging_on_the_session_stream() -> None:
+    """Prefect sets up its console log handlers once per process, on the ``sys.stderr`` of that moment. Here
+    that is pytest's session capture, never a test's ``capsys``/``capfd`` stream: one closes with its test,
+    and every later Prefect log line would fail with "I/O operation on closed file"."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     """The folder of real GroupLens files (``$MOVIELENS_MIRROR`` or ``../shared/datasets/movielens``)."""

@@ -9,10 +9,13 @@ not retried.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import stat
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -296,16 +299,38 @@ DATA_CASES = {
 }
 
 
+@contextlib.contextmanager
+def prefect_console_on_current_stderr() -> Iterator[None]:
+    """Prefect's console handlers write to the current ``sys.stderr`` (a test's ``capfd``), then to their
+    own stream again: they hold pytest's session capture (tests/conftest.py), which ``capfd`` does not
+    see, and ``capfd`` replaces its stream in every test phase, so this is entered in the test's body.
+
+    Not ``setup_logging(incremental=False)``: that closes every logging handler, and absl's (TensorFlow's,
+    from an earlier test) closes the stream it holds, pytest's session capture file, so that pytest dies
+    later with "lost sys.stderr"."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    handlers = {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
+    saved = [(h, h.stream, h.console.file) for h in handlers]
+    for handler in handlers:
+        handler.stream = handler.console.file = sys.stderr
+    try:
+        yield
+    finally:
+        for handler, stream, file in saved:
+            handler.stream, handler.console.file = stream, file
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_fails_in_one_line_without_retry_or_cache(
-    case: str, tmp_path: Path, mirror: Path, prefect_api: None, capfd
+    case: str,
+    tmp_path: Path,
+    mirror: Path,
+    prefect_api: None,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
-    from prefect.logging.configuration import setup_logging
-
-    setup_logging(
-        incremental=False
-    )  # Prefect's console handler writes to this test's captured stderr, not a closed one
     size, craft, extra, error, problem = DATA_CASES[case]
     root = tmp_path / "mirror"
     root.mkdir()
@@ -324,7 +349,8 @@ def test_bad_data_fails_in_one_line_without_retry_or_cache(
         *extra,
     ]
     started = time.perf_counter()
-    assert main(argv) == 2
+    with prefect_console_on_current_stderr():
+        assert main(argv) == 2
     out, logs = capfd.readouterr()
     one_line_error(out, error, problem, logs=logs)
     assert "Retry 1/3" not in out + logs and time.perf_counter() - started < 120, (
