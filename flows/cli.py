@@ -21,13 +21,6 @@ from recmodels.errors import BenchmarkError, InvalidConfig
 console = Console()
 
 
-def _model_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``sar.similarity=lift`` → {"sar": {"similarity": "lift"}}; values are JSON when they parse."""
-    from flows.validation import parse_model_params
-
-    return parse_model_params(pairs)
-
-
 def _top_k(text: str) -> list[int]:
     """``--top-k 10,20,50,100`` → [10, 20, 50, 100], in the order given (the first is the table's)."""
     try:
@@ -123,13 +116,15 @@ def _run(args: argparse.Namespace, api: Any) -> None:
 
 def cmd_sessions(args: argparse.Namespace) -> None:
     from flows.sessions import AOD_COLUMNS, check_models, movielens_sessions
+    from flows.validation import parse_list, parse_model_params
     from recmodels.sequences import SessionConfig
     from tasks.data import check_size
 
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = parse_list(args.models, "--models")
     check_size(args.size)  # fail fast, before the local Prefect API starts
     check_models(models)
     SessionConfig(session_gap=args.session_gap, max_len=args.max_len, window_days=args.window_days or 1.0)
+    model_params = parse_model_params(args.param)
     rows = movielens_sessions(
         size=args.size,
         models=models,
@@ -138,7 +133,7 @@ def cmd_sessions(args: argparse.Namespace) -> None:
         window_days=args.window_days,
         replay_windows=args.replay_windows,
         seed=args.seed,
-        model_params=_model_params(args.param),
+        model_params=model_params,
         home=args.home,
         mirror=args.mirror,
         experiment=args.experiment,

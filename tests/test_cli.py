@@ -6,17 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import _model_params, main
+from flows.cli import main
+from flows.validation import parse_model_params
 from recmodels.errors import BenchmarkError
 
 
 def test_model_params_parse_json_values_and_strings() -> None:
-    assert _model_params(["sar.similarity=lift", "sar.time_decay_days=null", "implicit_mf.n_iter=3"]) == {
+    assert parse_model_params(
+        ["sar.similarity=lift", "sar.time_decay_days=null", "implicit_mf.n_iter=3"]
+    ) == {
         "sar": {"similarity": "lift", "time_decay_days": None},
         "implicit_mf": {"n_iter": 3},
     }
     with pytest.raises(BenchmarkError, match=r"MODEL\.NAME=VALUE"):
-        _model_params(["similarity=lift"])
+        parse_model_params(["similarity=lift"])
 
 
 @pytest.mark.parametrize(
