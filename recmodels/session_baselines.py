@@ -17,19 +17,44 @@ Sessions are arrays of dense item indices. Let ``B`` be the binary (seen session
 kNN scores add ``1e-9 · popularity / max popularity`` so that items the neighbourhood does not reach
 are ordered by popularity instead of by index (it never reorders items the neighbourhood scores apart
 by more than 1e-9).
+
+Each keeps the session protocol's checkpoint contract (:mod:`recmodels.session_eval`): its state is its
+attributes (counts, co-occurrences, seen sessions), copied.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from recmodels.checkpoint import STATE_FORMAT, check_state
 from recmodels.errors import InvalidConfig, NotFitted
 
 POPULARITY_TIE_BREAK = 1e-9
+
+
+class _StateIsAttributes:
+    """``training_state``/``load_training_state`` of a model whose whole state is its attributes."""
+
+    n_items: int
+
+    def training_state(self) -> dict[str, Any]:
+        name = type(self).__name__
+        return {
+            "format": STATE_FORMAT,
+            "model": name,
+            "n_items": self.n_items,
+            "attributes": copy.deepcopy(vars(self)),
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        check_state(state, type(self).__name__, n_items=self.n_items)
+        vars(self).update(copy.deepcopy(state["attributes"]))
 
 
 def _session_matrix(sessions: Sequence[np.ndarray], n_items: int) -> sp.csr_array:
@@ -45,7 +70,7 @@ def _session_matrix(sessions: Sequence[np.ndarray], n_items: int) -> sp.csr_arra
     return matrix
 
 
-class SessionPopularity:
+class SessionPopularity(_StateIsAttributes):
     """Most events in the windows seen so far."""
 
     def __init__(self, n_items: int) -> None:
@@ -69,7 +94,7 @@ class SessionPopularity:
         np.save(folder / "popularity.npy", self.counts)
 
 
-class ItemKNN:
+class ItemKNN(_StateIsAttributes):
     """Items that co-occur most with the session's last item (cosine over seen sessions)."""
 
     def __init__(self, n_items: int) -> None:
@@ -99,7 +124,7 @@ class ItemKNN:
         sp.save_npz(folder / "cooccurrence.npz", self.cooccurrence)
 
 
-class SessionKNN:
+class SessionKNN(_StateIsAttributes):
     """V-SkNN: the ``k`` seen sessions most similar to the whole input session, recent items weighing more."""
 
     def __init__(self, n_items: int, k: int = 100, sample_size: int = 1000) -> None:

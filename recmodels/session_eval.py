@@ -12,6 +12,12 @@ For a target item ``t`` with score ``s_t`` among scores ``s``, its 0-based rank 
 
 (one relevant item, so NDCG's ideal DCG is 1 and Recall@k is the hit rate). AOD ("average over days",
 the seed's ``eval_results_avg_over_days``) is the unweighted mean of a metric over evaluated windows.
+
+Checkpoints: the windows play the part of epochs (:mod:`recmodels.checkpoint`). Models of the protocol
+that offer ``training_state()`` (a copy of everything later updates depend on) and
+``load_training_state(state)`` can be resumed: :func:`loop_state` after a window is the model's state and
+the rows so far, and ``incremental_evaluation(..., resume_from=state)`` continues after that window, so
+that its rows equal an uninterrupted loop's (on the CPU; ``fit_seconds`` aside).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from recmodels.errors import InvalidConfig
+from recmodels.checkpoint import STATE_FORMAT
+from recmodels.errors import CheckpointMismatch, InvalidConfig
 from recmodels.sequences import check_windows
 
 CUTOFFS = (10, 20)
@@ -117,17 +124,38 @@ def window_sessions(frame: pd.DataFrame) -> list[np.ndarray]:
     return [np.asarray(s, dtype=np.int64) for s in frame["item_index"]]
 
 
+def supports_loop_state(model: object) -> bool:
+    """Whether ``model`` can be checkpointed and resumed between windows (module docstring)."""
+    return callable(getattr(model, "training_state", None)) and callable(
+        getattr(model, "load_training_state", None)
+    )
+
+
+def loop_state(model: SessionRecommender, rows: Sequence[dict]) -> dict:
+    """What :func:`incremental_evaluation` resumes from: the model's state and the rows of the windows
+    evaluated so far (call it after the last of them, e.g. in ``on_window``)."""
+    return {
+        "format": STATE_FORMAT,
+        "model": "session_protocol",
+        "rows": [dict(row) for row in rows],
+        "model_state": model.training_state(),  # type: ignore[attr-defined]
+    }
+
+
 def incremental_evaluation(
     model: SessionRecommender,
     windows: dict[str, pd.DataFrame],
     replay_windows: int = 0,
     on_window: Callable[[WindowResult], None] | None = None,
+    resume_from: dict | None = None,
 ) -> pd.DataFrame:
     """Update ``model`` on window i, evaluate it on window i+1, for every consecutive pair of windows.
 
     ``replay_windows``: how many earlier windows (the most recent ones) are replayed with window i; 0 is
     the seed's way, -1 replays every earlier window. Returns one row per evaluated window
     (:meth:`WindowResult.row`); ``on_window`` is called after each (progress, live logging).
+    ``resume_from``: a :func:`loop_state` of an earlier loop of the same model, windows and replay; the
+    model loads its state and the loop goes on after the last window that state had evaluated.
 
     The loop asserts its own contract: before evaluating on window i+1 the model has been given windows
     0..i only (the evaluated window's sessions are handed to ``score`` as prefixes, never to ``update``).
@@ -137,9 +165,18 @@ def incremental_evaluation(
     check_windows(windows)
     names = list(windows)
     sessions = [window_sessions(windows[name]) for name in names]
-    rows = []
-    given_through = -1  # the newest window index handed to model.update
-    for i in range(len(names) - 1):
+    rows: list[dict] = []
+    if resume_from is not None:
+        rows = [dict(row) for row in resume_from["rows"]]
+        evaluated = [row["eval_window"] for row in rows]
+        if evaluated != names[1 : len(rows) + 1]:
+            raise CheckpointMismatch(
+                f"the checkpoint evaluated windows {evaluated[:3]}…, these windows are {names[1:4]}…; "
+                "delete the checkpoint to start over."
+            )
+        model.load_training_state(resume_from["model_state"])  # type: ignore[attr-defined]
+    given_through = len(rows) - 1  # the newest window index handed to model.update
+    for i in range(len(rows), len(names) - 1):
         first = 0 if replay_windows == -1 else max(0, i - replay_windows)
         replay = [s for earlier in sessions[first:i] for s in earlier]
         start = time.perf_counter()

@@ -29,6 +29,7 @@ saturated machine: one seed, evaluated windows (not held-out ones); see the READ
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from recmodels.checkpoint import STATE_FORMAT, check_state
 from recmodels.errors import GPUUnavailable, InvalidConfig, MissingExtra, NotFitted
 
 try:
@@ -185,6 +187,42 @@ class SessionTransformer:
 
     def params(self) -> dict[str, Any]:
         return asdict(self.config)
+
+    def training_state(self) -> dict[str, Any]:
+        """A copy of everything later updates depend on (the session protocol's checkpoint contract,
+        :mod:`recmodels.session_eval`): weights, AdamW and scaler state, the shuffling generator and
+        torch's global generators (dropout), the step count and the windows' losses."""
+        return {
+            "format": STATE_FORMAT,
+            "model": self.config.architecture,
+            "n_items": self.n_items,
+            "weights": {k: v.detach().cpu().clone() for k, v in self.module_.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "steps": self.steps,
+            "window_losses": list(self.window_losses),
+            "fitted": self.fitted,
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` of a model of the same architecture and vocabulary."""
+        check_state(state, self.config.architecture, n_items=self.n_items)
+        self.module_.load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.steps, self.window_losses, self.fitted = (
+            state["steps"],
+            list(state["window_losses"]),
+            state["fitted"],
+        )
 
     # --- batches -----------------------------------------------------------------------------------
 

@@ -102,3 +102,64 @@ def test_ddp_with_two_gloo_processes_trains_and_keeps_ranks_in_sync(tmp_path: Pa
     assert result["aod"]["aod_recall_at_10"] > 0.5
     assert (tmp_path / "out" / "eval_train_results_dates.csv").exists()
     assert (tmp_path / "out" / "model" / "model.pt").exists()
+
+
+def _resumed_equals_uninterrupted(make_model, windows: dict[str, pd.DataFrame], stop_after: int) -> None:
+    """Run the loop, keep its checkpoint after window ``stop_after`` (stored and read back as the task
+    does), resume a fresh model from it: every row equals the uninterrupted loop's (fit_seconds aside)."""
+    from recmodels import checkpoint
+    from recmodels.session_eval import METRIC_NAMES, loop_state
+
+    rows: list[dict] = []
+    saved: list[bytes] = []
+    model = make_model()
+
+    def keep(result) -> None:
+        rows.append(result.row())
+        if result.step == stop_after:
+            saved.append(checkpoint.dumps(loop_state(model, rows)))
+
+    full = incremental_evaluation(model, windows, replay_windows=1, on_window=keep)
+    resumed = incremental_evaluation(
+        make_model(), windows, replay_windows=1, resume_from=checkpoint.loads(saved[0])
+    )
+    columns = ["step", "train_window", "eval_window", "train_sessions", *METRIC_NAMES]
+    assert len(full) == len(windows) - 1 > stop_after
+    pd.testing.assert_frame_equal(resumed[columns], full[columns])
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "xlnet"])
+def test_a_transformer_resumed_from_a_window_checkpoint_equals_the_uninterrupted_loop(
+    architecture: str,
+) -> None:
+    """Dropout on, so torch's global generator is part of the state too."""
+    config = TransformerConfig(**{**SMALL, "dropout": 0.2, "epochs": 2, "architecture": architecture})
+    _resumed_equals_uninterrupted(
+        lambda: SessionTransformer(N_ITEMS, config), rule_windows(4, 48), stop_after=1
+    )
+
+
+def test_baselines_resume_from_a_window_checkpoint() -> None:
+    from recmodels.session_baselines import ItemKNN, SessionKNN
+
+    for make in (
+        lambda: SessionPopularity(N_ITEMS),
+        lambda: ItemKNN(N_ITEMS),
+        lambda: SessionKNN(N_ITEMS, k=5),
+    ):
+        _resumed_equals_uninterrupted(make, rule_windows(4, 48), stop_after=2)
+
+
+def test_a_checkpoint_of_other_windows_or_another_model_is_refused() -> None:
+    from recmodels.errors import CheckpointMismatch
+    from recmodels.session_eval import loop_state
+
+    windows = rule_windows(3, 16)
+    model = SessionPopularity(N_ITEMS)
+    rows = incremental_evaluation(model, windows).to_dict("records")
+    state = loop_state(model, rows[:1])
+    other = {f"session_start_date=2001-01-{i + 1:02d}": w for i, w in enumerate(windows.values())}
+    with pytest.raises(CheckpointMismatch, match="delete the checkpoint"):
+        incremental_evaluation(SessionPopularity(N_ITEMS), other, resume_from=state)
+    with pytest.raises(CheckpointMismatch, match="SessionPopularity"):
+        incremental_evaluation(SessionPopularity(N_ITEMS + 1), windows, resume_from=state)
