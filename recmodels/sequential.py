@@ -631,10 +631,12 @@ class SequentialRecommender:
         users: np.ndarray,
         targets: np.ndarray,
         negatives: np.ndarray | None = None,
+        exclude_history: bool = True,
     ) -> np.ndarray:
         """Rank (1 = best) of each user's target code among all items except the user's history items
-        (``sequences``; the target itself is never excluded), or among the target and its row of
-        ``negatives`` (codes); gathered over ranks; users unknown or targets unseen in train rank last."""
+        (``sequences``; the target itself is never excluded; all items with ``exclude_history=False``),
+        or among the target and its row of ``negatives`` (codes); gathered over ranks; users unknown or
+        targets unseen in train rank last."""
         inputs, known = self._inputs_for(sequences, users)
         position = pd.Index(sequences.users).get_indexer(np.asarray(users))
         ranks = np.full(len(users), len(self.items_) + 1, dtype=np.int64)
@@ -642,8 +644,9 @@ class SequentialRecommender:
             target = targets[rows] - 1
             valid = known[rows] & (target >= 0)
             target = np.maximum(target, 0)
-            if negatives is None:
+            if negatives is None and exclude_history:
                 _exclude_history(scores, sequences, position[rows], target)
+            if negatives is None:
                 got = metrics.target_ranks(scores, target)
             else:
                 got = metrics.target_ranks(scores, target, candidates=negatives[rows] - 1)
@@ -651,13 +654,14 @@ class SequentialRecommender:
         return _gather_min(ranks, self.dist_)
 
     def evaluate_leave_one_out(self, test: pd.DataFrame) -> dict[str, float]:
-        """Full-ranking and sampled metrics of the test item from train history + validation item.
+        """Metrics of the test item's rank after the user's train history + validation item, three ways.
 
-        Full ranking: the test item's rank among all n items except the user's history (train items
-        and validation item; the test item itself is never excluded, even where it repeats a history
-        item), as RecBole's full-sort evaluation and ``recommend(exclude_seen=True)``. Sampled (Sun et al.
-        2019, Section 4.2): among itself and ``eval_negatives`` items the user never interacted with,
-        drawn by train popularity with ``seed``; names prefixed ``sampled_``.
+        Full ranking (names ``hr_at_10``, ``ndcg_at_10``, ``mrr``, ...): among all n items except the
+        user's history (train items and validation item; the test item itself is never excluded, even
+        where it repeats a history item), as ``recommend(exclude_seen=True)``'s lists. Full ranking with
+        nothing excluded (prefix ``unfiltered_``): RecBole's full sort of sequential models. Sampled
+        (prefix ``sampled_``; Sun et al. 2019, Section 4.2): among itself and ``eval_negatives`` items the
+        user never interacted with, drawn by train popularity with ``seed``.
         """
         require_fitted(self._fitted, self.name)
         require_columns(test, (USER, ITEM), "test")
@@ -669,7 +673,12 @@ class SequentialRecommender:
             metrics.sample_negatives(self.popularity_, seen, self.config.eval_negatives, self.config.seed) + 1
         )
         sampled = self._target_ranks(self.history_sequences_, users, targets, negatives)
-        return metrics.ranks_to_metrics(full) | metrics.ranks_to_metrics(sampled, prefix="sampled_")
+        unfiltered = self._target_ranks(self.history_sequences_, users, targets, exclude_history=False)
+        return (
+            metrics.ranks_to_metrics(full)
+            | metrics.ranks_to_metrics(sampled, prefix="sampled_")
+            | metrics.ranks_to_metrics(unfiltered, prefix="unfiltered_")
+        )
 
     def _seen_matrix(self, users: np.ndarray, targets: np.ndarray) -> Any:
         """users × items CSR of each test user's history and test item (excluded from negatives)."""

@@ -289,4 +289,6 @@ def test_full_ranking_excludes_history_but_never_the_target(small_split: preproc
     assert 1 <= again[0] <= len(model.items_) - len(model.history_sequences_.sequence(0)) + 1
     values = model.evaluate_leave_one_out(test)
     for key in ("hr_at_1", "hr_at_5", "hr_at_10", "ndcg_at_5", "ndcg_at_10", "mrr"):
-        assert values[f"sampled_{key}"] >= values[key]
+        assert values[f"sampled_{key}"] >= values[key] >= values[f"unfiltered_{key}"]
+    unfiltered = model._target_ranks(model.history_sequences_, users, targets, exclude_history=False)
+    assert (unfiltered >= full).all() and (unfiltered > full).any()

@@ -57,6 +57,8 @@ def test_sequential_models_beat_popularity_and_sar_is_useful(rows: dict[str, dic
         for key in PROTOCOL:
             # 100 negatives are a subset of the items ranked in full: the sampled rank is never worse
             assert row[f"sampled_{key}"] >= row[key], (name, key)
+            # ranked among all items, its own history included, the target can only fall
+            assert row[key] >= row[f"unfiltered_{key}"], (name, key)
         assert row["sampled_ndcg_at_10"] > 2 * row["ndcg_at_10"]
         assert 0 < row["best_epoch"] <= EPOCHS
 
@@ -96,7 +98,8 @@ def test_mlflow_holds_curves_params_protocols_and_model(rows: dict[str, dict], h
         ]
         assert losses[-1] < losses[0]
         logged = run.data.metrics
-        assert {*PROTOCOL, *(f"sampled_{k}" for k in PROTOCOL), "fit_seconds", "best_epoch"} <= set(logged)
+        protocols = {f"{prefix}{k}" for k in PROTOCOL for prefix in ("", "sampled_", "unfiltered_")}
+        assert {*protocols, "fit_seconds", "best_epoch"} <= set(logged)
         assert logged["ndcg_at_10"] == pytest.approx(rows[name]["ndcg_at_10"])
         assert "learning_curve.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
         models = client.search_logged_models(
