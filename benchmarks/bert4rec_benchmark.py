@@ -1,11 +1,14 @@
 """BERT4Rec / SASRec benchmark (issue 16): leave-one-out accuracy and training throughput.
 
 Accuracy (``accuracy``): k-core 5, ``leave_one_out`` split (last item test, second-to-last validation),
-the test item ranked (a) among all items, nothing excluded, and (b) among 100 negatives drawn by
-popularity (``sampled_``), mean ± std over seeds, for popularity, SAR (Recommenders' defaults) and our
-bert4rec/sasrec (early stopping on validation NDCG@10). With ``--recbole`` it also runs RecBole 1.2.1's
-BERT4Rec and SASRec on the same filtered interactions (RecBole's ``LS: valid_and_test``, order ``TO``,
-full ranking, ``MAX_ITEM_LIST_LENGTH`` 50), installed beside the project, never as a dependency:
+the test item ranked (a) among all items but the user's history (train and validation items; the
+product's protocol, names as DESIGN.md), (a') among all items, nothing excluded (``unfiltered_``, the
+protocol of RecBole's full sort for sequential models), and (b) among 100 negatives drawn by popularity
+(``sampled_``), mean ± std over seeds, for popularity, SAR (Recommenders' defaults) and our
+bert4rec/sasrec (early stopping on validation NDCG@10). Models ``recbole-BERT4Rec`` and ``recbole-SASRec``
+run RecBole 1.2.1's on the same filtered interactions (RecBole's ``LS: valid_and_test``, order ``TO``,
+full ranking, ``MAX_ITEM_LIST_LENGTH`` 50: protocol (a')), installed beside the project, never as a
+dependency (``$RECBOLE_REFERENCE`` or ``.venv/recbole-reference``):
 
     pip install --no-deps --target .venv/recbole-reference recbole==1.2.1
     pip install colorlog colorama texttable tabulate   # what its modules import, none pulls torch
@@ -40,7 +43,9 @@ from recmodels.registry import create_model
 from recmodels.synthetic import SYNTHETIC_SHAPES, generate_synthetic
 
 SEED_CONFIG = {"emb_dim": 128, "max_len": 16, "mask_prob": 0.2, "heads": 2, "layers": 2}
-RECBOLE_TARGET = Path(__file__).resolve().parents[1] / ".venv" / "recbole-reference"
+RECBOLE_TARGET = Path(
+    os.environ.get("RECBOLE_REFERENCE", Path(__file__).resolve().parents[1] / ".venv" / "recbole-reference")
+)
 FULL = ("hr_at_1", "hr_at_5", "hr_at_10", "ndcg_at_5", "ndcg_at_10", "mrr")
 
 
@@ -57,17 +62,36 @@ def list_ranks(recs: pd.DataFrame, test: pd.DataFrame, depth: int) -> np.ndarray
 
 
 def baseline_metrics(name: str, split: preprocessing.Split, seed: int) -> dict[str, float]:
-    """Popularity (full ranking by train counts) and SAR (its top-100, nothing excluded)."""
+    """Popularity and SAR (Recommenders' defaults) fitted on train + validation (the test user's
+    history, as ours read it), both full-ranking protocols: the user's history excluded (names as
+    DESIGN.md) and nothing excluded (``unfiltered_``). Popularity ranks exactly; SAR from its top-100
+    (MRR a lower bound)."""
+    history = pd.concat([split.train, split.validation], ignore_index=True)
     if name == "popularity":
-        counts = split.train["item_id"].value_counts()
-        scores = counts.reindex(np.sort(split.train["item_id"].unique())).to_numpy(float)
-        items = np.sort(split.train["item_id"].unique())
+        items = np.sort(history["item_id"].unique())
+        scores = history["item_id"].value_counts().reindex(items).to_numpy(float)
         target = pd.Index(items).get_indexer(split.test["item_id"].to_numpy())
-        ranks = metrics.target_ranks(np.tile(scores, (len(target), 1)), np.maximum(target, 0))
-        return metrics.ranks_to_metrics(np.where(target >= 0, ranks, len(items) + 1))
-    model = create_model(name).fit(split.train)
-    recs = model.recommend(split.test["user_id"].unique(), k=100, exclude_seen=False)
-    return metrics.ranks_to_metrics(list_ranks(recs, split.test, 100))
+        users = split.test["user_id"].to_numpy()
+        table = np.tile(scores, (len(target), 1))
+        unfiltered = metrics.target_ranks(table, np.maximum(target, 0))
+        seen = history[["user_id", "item_id"]].assign(col=pd.Index(items).get_indexer(history["item_id"]))
+        row = pd.Index(users).get_indexer(seen["user_id"])
+        table[row, seen["col"].to_numpy()] = -np.inf
+        table[np.arange(len(target)), np.maximum(target, 0)] = scores[
+            np.maximum(target, 0)
+        ]  # never the target
+        full = metrics.target_ranks(table, np.maximum(target, 0))
+        worst = len(items) + 1
+        return metrics.ranks_to_metrics(np.where(target >= 0, full, worst)) | metrics.ranks_to_metrics(
+            np.where(target >= 0, unfiltered, worst), prefix="unfiltered_"
+        )
+    model = create_model(name).fit(history)
+    users = split.test["user_id"].unique()
+    values = {}
+    for exclude, prefix in ((True, ""), (False, "unfiltered_")):
+        recs = model.recommend(users, k=100, exclude_seen=exclude)
+        values |= metrics.ranks_to_metrics(list_ranks(recs, split.test, 100), prefix=prefix)
+    return values
 
 
 def ours(name: str, split: preprocessing.Split, seed: int, params: dict[str, Any]) -> dict[str, float]:
@@ -143,13 +167,14 @@ def recbole(name: str, split: preprocessing.Split, seed: int, epochs: int) -> di
         seconds = time.perf_counter() - start
         epochs_run = len(trainer.train_loss_dict)
         test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    # RecBole's full sort of sequential models masks nothing: our ``unfiltered_`` protocol; its MRR is MRR@10
     return {
-        "hr_at_1": test["hit@1"],
-        "hr_at_5": test["hit@5"],
-        "hr_at_10": test["hit@10"],
-        "ndcg_at_5": test["ndcg@5"],
-        "ndcg_at_10": test["ndcg@10"],
-        "mrr": test["mrr@10"],
+        "unfiltered_hr_at_1": test["hit@1"],
+        "unfiltered_hr_at_5": test["hit@5"],
+        "unfiltered_hr_at_10": test["hit@10"],
+        "unfiltered_ndcg_at_5": test["ndcg@5"],
+        "unfiltered_ndcg_at_10": test["ndcg@10"],
+        "unfiltered_mrr_at_10": test["mrr@10"],
         "fit_seconds": seconds,
         "epochs": epochs_run,
         "seconds_per_epoch": seconds / max(epochs_run, 1),  # training + validation, as ours below
