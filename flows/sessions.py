@@ -24,6 +24,7 @@ from recmodels.errors import BenchmarkError, UnknownModel
 from recmodels.sequences import SessionConfig, default_window_days
 from recmodels.session_eval import METRIC_NAMES
 from tasks import data, storage
+from tasks.checkpoints import claim_run, end_interrupted, fail_dead_runs, new_run_tags, run_identity
 from tasks.sessions import SESSION_MODELS, incremental_train_eval, per_window_plot, prepare_sessions
 from tasks.tracking import experiment_id, git_commit, tracking_uri
 from tasks.train import Tracking
@@ -90,28 +91,38 @@ def movielens_sessions(
         "git_commit": git_commit(),
     }
     exp_id = experiment_id(uri, root, experiment)
-    parent_id = client.create_run(
-        exp_id,
-        run_name=f"{size}-sessions-{runtime.flow_run.name or 'local'}",
-        tags={**tags, "model": ",".join(models)},
-    ).info.run_id
-    for name, value in {
-        **{k: v for k, v in prepared.manifest["params"].items() if k != "sessions_code"},
-        **counts,
-        "models": ",".join(models),
-        "replay_windows": replay_windows,
-        "seed": seed,
-        "prepared_key": prepared.key,
-    }.items():
-        client.log_param(parent_id, name, value)
-    client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
+    fail_dead_runs(client, exp_id)
+    identity = run_identity(
+        prepared=prepared.key, models=models, params=model_params, replay_windows=replay_windows, seed=seed
+    )
+    claimed = claim_run(client, exp_id, identity, tags)
+    per_window: dict[str, pd.DataFrame] = {}
+    if claimed is None:
+        parent_id = client.create_run(
+            exp_id,
+            run_name=f"{size}-sessions-{runtime.flow_run.name or 'local'}",
+            tags={**tags, "model": ",".join(models), **new_run_tags(identity)},
+        ).info.run_id
+        for name, value in {
+            **{k: v for k, v in prepared.manifest["params"].items() if k != "sessions_code"},
+            **counts,
+            "models": ",".join(models),
+            "replay_windows": replay_windows,
+            "seed": seed,
+            "prepared_key": prepared.key,
+        }.items():
+            client.log_param(parent_id, name, value)
+        client.log_dict(parent_id, prepared.manifest, "prepared/manifest.json")
+    else:  # the same command's run that died or was interrupted: its finished models are kept
+        parent_id = claimed.info.run_id
+        per_window = finished_models(client, exp_id, parent_id, models)
+        logger.info("resuming MLflow parent run %s; finished models kept: %s", parent_id, sorted(per_window))
     logger.info("MLflow parent run %s in experiment %s at %s", parent_id, experiment, uri)
 
-    tracking = Tracking(uri, exp_id, parent_id, tags)
-    per_window: dict[str, pd.DataFrame] = {}
+    tracking = Tracking(uri, exp_id, parent_id, tags, home=root)
     failures: list[str] = []
     try:
-        for name in models:
+        for name in [m for m in models if m not in per_window]:
             state = incremental_train_eval(
                 name, model_params.get(name, {}), prepared, replay_windows, seed, tracking, return_state=True
             )
@@ -119,6 +130,7 @@ def movielens_sessions(
                 per_window[name] = state.result()
             else:
                 failures.append(f"{name}: {state.message}")
+        per_window = {m: per_window[m] for m in models if m in per_window}  # the order of `models`
         rows = aod_rows(per_window)
         if rows:
             with tempfile.TemporaryDirectory() as tmp:
@@ -135,11 +147,40 @@ def movielens_sessions(
             )
         if failures:
             raise BenchmarkError("model(s) failed: " + "; ".join(failures))
+    except KeyboardInterrupt:  # Ctrl-C/SIGTERM: KILLED, resumed by the same command
+        end_interrupted(client, parent_id, "KILLED", "interrupted")
+        raise
     except BaseException:
         client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client.set_terminated(parent_id)
     return rows
+
+
+def finished_models(
+    client: MlflowClient, exp_id: str, parent_id: str, models: list[str]
+) -> dict[str, pd.DataFrame]:
+    """The per-window tables of the models a resumed parent run has finished (their logged CSV)."""
+    import mlflow.artifacts
+
+    children = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    finished: dict[str, pd.DataFrame] = {}
+    for child in children:
+        name = child.data.tags.get("model")
+        if name in models and name not in finished:
+            with tempfile.TemporaryDirectory() as tmp:
+                csv = mlflow.artifacts.download_artifacts(
+                    run_id=child.info.run_id,
+                    artifact_path="eval_train_results_dates.csv",
+                    dst_path=tmp,
+                    tracking_uri=client.tracking_uri,
+                )
+                finished[name] = pd.read_csv(csv).assign(model=name, run_id=child.info.run_id)
+    return finished
 
 
 def aod_rows(per_window: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:

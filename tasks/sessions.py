@@ -24,7 +24,13 @@ from prefect.logging import get_run_logger
 from recmodels import sequences
 from recmodels.errors import InvalidConfig, UnknownModel
 from recmodels.sequences import SessionConfig, SessionData
-from recmodels.session_eval import WindowResult, average_over_windows, incremental_evaluation
+from recmodels.session_eval import (
+    WindowResult,
+    average_over_windows,
+    incremental_evaluation,
+    loop_state,
+    supports_loop_state,
+)
 from tasks import storage
 from tasks.prepared import PreparedData, load_prepared, prepared_key, write_prepared_frames
 
@@ -52,20 +58,35 @@ def read_session_data(prepared: PreparedData) -> SessionData:
 
 
 def create_session_model(name: str, n_items: int, params: dict[str, Any], seed: int = 0) -> Any:
-    """A session-protocol model by name (the transformers import their extra lazily)."""
+    """A session-protocol model by name (the transformers import their extra lazily); ``params`` are its
+    constructor's (a transformer's :class:`TransformerConfig` fields; its ``seed`` overrides ``seed``)."""
+    from dataclasses import fields
+
     from recmodels import session_baselines
 
-    if name == "popularity":
-        return session_baselines.SessionPopularity(n_items, **params)
-    if name == "item_knn":
-        return session_baselines.ItemKNN(n_items, **params)
-    if name == "session_knn":
-        return session_baselines.SessionKNN(n_items, **params)
-    if name in ("gpt2", "xlnet"):
+    baselines = {
+        "popularity": session_baselines.SessionPopularity,
+        "item_knn": session_baselines.ItemKNN,
+        "session_knn": session_baselines.SessionKNN,
+    }
+    if name in baselines:
+        factory: Any = baselines[name]
+        accepted = set(inspect.signature(factory).parameters) - {"n_items"}
+    elif name in ("gpt2", "xlnet"):
         from recmodels.session_transformer import SessionTransformer, TransformerConfig
 
-        return SessionTransformer(n_items, TransformerConfig(architecture=name, seed=seed, **params))
-    raise UnknownModel(f"unknown session model {name!r}; choose from {list(SESSION_MODELS)}")
+        def factory(n: int, **given: Any) -> Any:
+            return SessionTransformer(n, TransformerConfig(**{"seed": seed, **given, "architecture": name}))
+
+        accepted = {f.name for f in fields(TransformerConfig)} - {"architecture"}
+    else:
+        raise UnknownModel(f"unknown session model {name!r}; choose from {list(SESSION_MODELS)}")
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise InvalidConfig(
+            f"--param {name}.{unknown[0]}: {name} has no parameter(s) {unknown}; it takes {sorted(accepted)}."
+        )
+    return factory(n_items, **params)
 
 
 @task(name="sessionise-windows", cache_policy=NO_CACHE)
@@ -112,9 +133,30 @@ def incremental_train_eval(
     seed: int,
     tracking: Any,
 ) -> pd.DataFrame:
-    """Train ``name`` window after window and evaluate on the next, logging into a nested MLflow run."""
-    import mlflow
+    """Train ``name`` window after window and evaluate on the next, logging into a nested MLflow run.
 
+    In one process the loop checkpoints after every ``tracking.checkpoint_every`` windows (model state and
+    rows so far, :func:`recmodels.session_eval.loop_state`) to ``<home>/checkpoints/<run id>/``, after that
+    window's metrics are logged; the same command started again after a kill or an interrupt claims the
+    same MLflow run (:func:`tasks.checkpoints.claim_run`) and goes on after the checkpoint's window, never
+    logging a window's step twice. DDP runs (``num_workers`` > 1) start over.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from recmodels import checkpoint as checkpoints
+    from tasks.checkpoints import (
+        checkpoint_url,
+        claim_run,
+        ending_of,
+        load_checkpoint,
+        logged_steps,
+        new_run_tags,
+        remove_checkpoint,
+        run_identity,
+    )
+    from tasks.redaction import redact
     from tasks.tracking import use_tracking_uri
 
     logger = get_run_logger()
@@ -122,28 +164,57 @@ def incremental_train_eval(
     num_workers = int(params.get("num_workers", 1))
     params = {k: v for k, v in params.items() if k != "num_workers"}
     model = create_session_model(name, data.n_items, params, seed)
-    with (
-        use_tracking_uri(tracking.uri),
-        mlflow.start_run(
-            experiment_id=tracking.experiment_id,
-            run_name=name,
-            nested=True,
-            parent_run_id=tracking.parent_run_id,
-            tags={**tracking.tags, "model": name},
-        ) as run,
-    ):
-        effective = model.params() if callable(getattr(model, "params", None)) else params
-        mlflow.log_params(
-            {**effective, "replay_windows": replay_windows, "seed": seed, "num_workers": num_workers}
+    effective = model.params() if callable(getattr(model, "params", None)) else params
+    client = MlflowClient(tracking.uri)
+    tags = {**tracking.tags, "model": name}
+    identity = run_identity(
+        prepared=prepared.key,
+        model=name,
+        params=effective,
+        replay_windows=replay_windows,
+        seed=seed,
+        num_workers=num_workers,
+        tracking=tracking.uri,
+        experiment=tracking.experiment_id,
+    )
+    claimed = claim_run(
+        client, tracking.experiment_id, identity, {**tags, MLFLOW_PARENT_RUN_ID: tracking.parent_run_id}
+    )
+    if claimed is not None:
+        logger.info(
+            "%s: resuming MLflow run %s (its process died or was interrupted)", name, claimed.info.run_id
         )
+        start: dict[str, Any] = {"run_id": claimed.info.run_id, "nested": True}
+    else:
+        start = {
+            "experiment_id": tracking.experiment_id,
+            "run_name": name,
+            "nested": True,
+            "parent_run_id": tracking.parent_run_id,
+            "tags": {**tags, **new_run_tags(identity)},
+        }
+    with use_tracking_uri(tracking.uri), mlflow.start_run(**start) as run, ending_of(client, run.info.run_id):
+        every = tracking.checkpoint_every
+        saving = bool(tracking.home) and num_workers == 1 and every > 0 and supports_loop_state(model)
+        checkpoint = checkpoint_url(tracking.home, run.info.run_id) if saving else None
+        logged = logged_steps(client, run.info.run_id, ["ndcg_at_10"])["ndcg_at_10"] if claimed else set()
+        state = load_checkpoint(checkpoint) if checkpoint and claimed is not None else None
+        if claimed is None:
+            values = {**effective, "replay_windows": replay_windows, "seed": seed, "num_workers": num_workers}
+            mlflow.log_params({k: redact(str(v)) for k, v in {**values, "checkpoint_every": every}.items()})
+        if state is not None:
+            logger.info("%s: resuming after window %d (checkpoint)", name, len(state["rows"]))
+            mlflow.set_tag("benchmark.resumed_from_window", len(state["rows"]))
         total = len(data.windows) - 1
+        rows = list(state["rows"]) if state is not None else []
 
         def log_window(result: WindowResult) -> None:
-            mlflow.log_metrics(
-                {**result.metrics, "fit_seconds": result.fit_seconds}
-                | {"sessions_per_second": result.row()["sessions_per_second"]},
-                step=result.step,
-            )
+            if result.step not in logged:  # a kill between the log and the checkpoint: logged once
+                mlflow.log_metrics(
+                    {**result.metrics, "fit_seconds": result.fit_seconds}
+                    | {"sessions_per_second": result.row()["sessions_per_second"]},
+                    step=result.step,
+                )
             logger.info(
                 "%s window %d/%d (%s): trained on %d sessions in %.2f s, ndcg@10 %.4f recall@10 %.4f",
                 name,
@@ -155,6 +226,9 @@ def incremental_train_eval(
                 result.metrics["ndcg_at_10"],
                 result.metrics["recall_at_10"],
             )
+            rows.append(result.row())
+            if checkpoint is not None and (result.step % every == 0 or result.step == total):
+                storage.write_bytes_atomic(checkpoints.dumps(loop_state(model, rows)), checkpoint)
 
         with tempfile.TemporaryDirectory() as tmp:
             if num_workers > 1:  # DDP through torchrun: the workers save the model and the CSV
@@ -169,13 +243,17 @@ def incremental_train_eval(
                 for _, row in per_window.iterrows():
                     log_window(_window_result(row))
             else:
-                per_window = incremental_evaluation(model, data.windows, replay_windows, on_window=log_window)
+                per_window = incremental_evaluation(
+                    model, data.windows, replay_windows, on_window=log_window, resume_from=state
+                )
                 model.save(Path(tmp) / "model")
                 per_window.to_csv(Path(tmp) / "eval_train_results_dates.csv", index=False)
             mlflow.log_artifact(str(Path(tmp) / "eval_train_results_dates.csv"))
             mlflow.log_artifacts(str(Path(tmp) / "model"), artifact_path="model")
         aod = average_over_windows(per_window)
         mlflow.log_metrics(aod)
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
         logger.info(
             "%s AOD: %s (MLflow run %s)", name, {k: round(v, 4) for k, v in aod.items()}, run.info.run_id
         )

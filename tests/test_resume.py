@@ -175,3 +175,77 @@ def test_sigkill_mid_training_then_the_same_command_resumes_the_same_run(
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the parent run resumed too
     assert resumed.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert not list((Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "checkpoints").glob("*/*"))
+
+
+SESSION_MODELS = "popularity,gpt2"
+SESSION_GPT2 = {"epochs": 1, "d_model": 32, "n_layer": 1, "n_head": 2, "batch_size": 64, "seed": 3}
+
+
+def wait_for_line(process: subprocess.Popen, log: Path, text: str, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if process.poll() is not None:
+            pytest.fail(
+                f"the run ended (exit {process.returncode}) before {text!r}:\n{log.read_text()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {text!r} within the timeout")
+        time.sleep(0.05)
+
+
+def test_sigkill_in_the_session_loop_then_the_same_command_resumes_the_same_run(
+    home: Path, cli_env: dict[str, str], tmp_path: Path, prefect_api: None
+) -> None:
+    """``movielens-benchmark sessions`` killed while GPT-2 trains on its third window: the same command
+    keeps the finished popularity run, continues GPT-2's run after its last checkpointed window, logs each
+    window's step once and ends with the uninterrupted run's per-window metrics."""
+    from flows.sessions import movielens_sessions
+
+    params = {"gpt2": SESSION_GPT2}
+    reference = movielens_sessions(
+        models=SESSION_MODELS.split(","),
+        model_params=params,
+        home=str(home),
+        mirror=cli_env["MOVIELENS_MIRROR"],
+        experiment="reference",
+        window_days=28,  # 8 windows (7 evaluated) instead of 31: a shorter test
+    )
+    flags = [f"--param=gpt2.{k}={v}" for k, v in SESSION_GPT2.items()]
+    command = [sys.executable, "-m", "flows.cli", "sessions", "--home", str(home), "--models", SESSION_MODELS]
+    command += [*flags, "--window-days", "28"]
+    log = tmp_path / "killed.log"
+    process = start(command, cli_env, log)
+    try:
+        wait_for_line(process, log, "gpt2 window 3/")  # windows 1 and 2 are checkpointed by then
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        kill_group(process)
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("movielens-sessions")
+
+    def runs(name: str) -> list[Run]:
+        return [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == name]
+
+    [killed] = runs("gpt2")
+    [popularity] = runs("popularity")
+    assert killed.info.status == "RUNNING" and popularity.info.status == "FINISHED"
+    rerun = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+
+    [resumed] = runs("gpt2")
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert int(resumed.data.tags["benchmark.resumed_from_window"]) >= 2
+    assert [r.info.run_id for r in runs("popularity")] == [popularity.info.run_id], "kept, not run again"
+    ndcg = steps(client, resumed.info.run_id, "ndcg_at_10")
+    assert [s for s, _ in ndcg] == list(range(1, 8)), "each window's step once, none skipped"
+    expected = {row["model"]: row for row in reference}
+    reference_run = client.get_run(expected["gpt2"]["run_id"])
+    assert ndcg == steps(client, reference_run.info.run_id, "ndcg_at_10")  # equal on the CPU
+    assert resumed.data.metrics["aod_ndcg_at_10"] == reference_run.data.metrics["aod_ndcg_at_10"]
+    parents = [
+        r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert "gpt2" in rerun.stdout and "popularity" in rerun.stdout  # the AOD table has both models
+    assert not list((home / "checkpoints").glob("*/*"))
