@@ -77,17 +77,17 @@ def test_configured_url_comes_from_the_environment_or_the_active_profile(tmp_pat
         assert out.stdout.strip() == expected, out.stderr
 
 
-def test_a_temporary_server_still_starting_is_not_asked_for_a_gpu_pool(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_temporary_server_still_starting_is_not_asked_for_a_gpu_pool() -> None:
     """The CLI validates its arguments while its temporary server starts: asking that server for GPU workers
     would fail with 'does not answer' (seen in CI under load); it has none, so GPU models run here."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.validation import GPUUnavailable, check_gpu
 
     dead = f"http://127.0.0.1:{prefect_api._free_port()}/api"
-    monkeypatch.setenv("PREFECT_API_URL", dead)
-    assert check_gpu("auto", ["implicit_mf"], temporary_api=True) is False
-    with pytest.raises(GPUUnavailable, match="PREFECT_API_URL"):
-        check_gpu("pool", ["implicit_mf"], temporary_api=True)
-    with pytest.raises(Exception, match="does not answer"):  # a configured server that is down is an error
-        check_gpu("auto", ["implicit_mf"])
+    with temporary_settings(updates={PREFECT_API_URL: dead}):  # over the test session's harness, if any
+        assert check_gpu("auto", ["implicit_mf"], temporary_api=True) is False
+        with pytest.raises(GPUUnavailable, match="PREFECT_API_URL"):
+            check_gpu("pool", ["implicit_mf"], temporary_api=True)
+        with pytest.raises(Exception, match="does not answer"):  # a configured server that is down: an error
+            check_gpu("auto", ["implicit_mf"])
