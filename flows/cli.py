@@ -182,17 +182,22 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     from recmodels.datasets import RELEASES
     from recmodels.synthetic import SYNTHETIC_SHAPES
     from tasks import storage
-    from tasks.data import interactions_path
+    from tasks.data import interactions_marker_path
 
     home = storage.resolve_home(args.home)
+
+    def parsed(name: str) -> str:
+        """ "yes" once the table's marker (written last, after the table) exists: a build killed halfway
+        leaves no marker."""
+        return "yes" if storage.exists(interactions_marker_path(home, name)) else ""
+
     table = Table(title=f"Datasets (home: {home})")
     for column in ("name", "source", "parsed"):
         table.add_column(column)
     for name, release in RELEASES.items():
-        table.add_row(name, release.url, "yes" if storage.exists(interactions_path(home, name)) else "")
+        table.add_row(name, release.url, parsed(name))
     for name, shape in SYNTHETIC_SHAPES.items():
-        parsed = "yes" if storage.exists(interactions_path(home, name)) else ""
-        table.add_row(name, "synthetic {} users × {} items × {} interactions".format(*shape), parsed)
+        table.add_row(name, "synthetic {} users × {} items × {} interactions".format(*shape), parsed(name))
     console.print(table)
 
 

@@ -54,6 +54,8 @@ def test_datasets_lists_releases_and_synthetic_shapes(
 ) -> None:
     (tmp_path / "interactions").mkdir()
     (tmp_path / "interactions" / "100k.parquet").touch()
+    (tmp_path / "interactions" / "100k.json").write_text("{}")  # the marker, written last
+    (tmp_path / "interactions" / "1m.parquet").touch()  # a parse killed before its marker
     assert main(["datasets", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("100k", "1m", "32m", "latest-small", "synthetic-20m"):
