@@ -322,7 +322,9 @@ def train_and_evaluate(
         checkpoint = checkpoint_url(tracking.home, run_id) if tracking.home else None
         skip = logged_steps(client, run_id) if claimed is not None else {}
         if claimed is None and model is not None:
-            logged = {**model_parameters(model, params), "checkpoint_every": tracking.checkpoint_every}
+            logged = model_parameters(model, params)
+            if supports_checkpoints(model):  # models trained in epochs
+                logged["checkpoint_every"] = tracking.checkpoint_every
             mlflow.log_params({k: redact(str(v)) for k, v in logged.items()})
         strong_generalization = prepared.has("test_fold_in")
         # VAE-CF's protocol (Liang et al. 2018) reports Recall@20, Recall@50 (its recall) and NDCG@100.

@@ -67,6 +67,7 @@ def test_mlflow_holds_parent_and_child_runs(first_run, home: Path) -> None:
     assert sar.data.tags["model"] == "sar"
     assert sar.data.params["similarity"] == "jaccard"
     assert float(sar.data.params["time_decay_days"]) == 30
+    assert "checkpoint_every" not in sar.data.params, "SAR is not trained in epochs"
     assert {"precision_at_10", "ndcg_at_10", "fit_seconds", "predict_seconds", "peak_rss_mb"} <= set(
         sar.data.metrics
     )

@@ -161,6 +161,7 @@ def test_sigkill_mid_training_then_the_same_command_resumes_the_same_run(
     assert resumed.info.run_id == killed.info.run_id
     assert resumed.info.status == "FINISHED"
     assert int(resumed.data.tags["benchmark.resumed_from_epoch"]) >= 1
+    assert resumed.data.params["checkpoint_every"] == "1"
     losses = steps(client, resumed.info.run_id, "loss")
     assert [s for s, _ in losses] == list(range(1, EPOCHS + 1)), "each epoch's step once, none skipped"
     reference = killed_then_resumed["reference"][model]
