@@ -234,7 +234,7 @@ def incremental_train_eval(
             if num_workers > 1:  # DDP through torchrun: the workers save the model and the CSV
                 per_window = _torchrun_session_transformer(
                     name,
-                    {**params, "architecture": name, "seed": seed},
+                    {"seed": seed, **params, "architecture": name},
                     prepared,
                     replay_windows,
                     num_workers,

@@ -114,3 +114,28 @@ def test_a_window_length_that_leaves_one_window_fails_the_flow(home: Path, mirro
     with pytest.raises(InvalidConfig, match="leaves 1 window"):
         movielens_sessions(models=["popularity"], window_days=3650, home=str(home), mirror=str(mirror))
     assert all((p / "manifest.json").exists() for p in (home / "prepared").iterdir())
+
+
+def test_gpt2_with_two_ddp_workers_through_the_flow(home: Path, mirror: Path, first_run) -> None:
+    """``--param gpt2.num_workers=2``: torchrun, 2 gloo ranks, rank 0's per-window table logged on the
+    model's run with every window's step, the model and the CSV."""
+    pytest.importorskip("transformers", reason="the transformers extra: pip install -e '.[transformers]'")
+    small = {"num_workers": 2, "epochs": 1, "d_model": 32, "n_layer": 1, "n_head": 2, "batch_size": 64}
+    rows = movielens_sessions(
+        models=["gpt2"],
+        model_params={"gpt2": small},
+        window_days=28,
+        home=str(home),
+        mirror=str(mirror),
+        experiment="sessions-ddp",
+    )
+    (row,) = rows
+    assert row["model"] == "gpt2" and row["windows"] == 7 and 0 < row["aod_recall_at_20"] <= 1
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(row["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["num_workers"] == "2"
+    history = client.get_metric_history(run.info.run_id, "recall_at_10")
+    assert sorted(m.step for m in history) == list(range(1, 8))
+    assert {"eval_train_results_dates.csv", "model"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
