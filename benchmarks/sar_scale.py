@@ -55,16 +55,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE_DIR = Path(os.environ.get("SAR_REFERENCE_DIR", ROOT / ".venv" / "sar-reference"))
 SIZES = ("synthetic-1m", "synthetic-10m", "synthetic-20m")
+SCORING_CORES = 2  # the machine's cores: single node on 2 threads, Dask on 2 single-threaded workers
 ENGINES = ("sar", "sar-dask-1", "sar-dask-2", "sarsinglenode")
 REFERENCE = "sarsinglenode"
 K = 10
 GIB = 2**30
+CODE_ENV = "SAR_SCALE_CODE"
+BASELINE = "@baseline"
 
 
 # --- steps, each run in a child process ------------------------------------------------------------------
 
 
-def prep(size: str, folder: Path) -> dict[str, Any]:
+def prep(size: str, folder: Path, other_splits: bool = True) -> dict[str, Any]:
     """Generate ("parse"), 5-core filter and stratified split ``size``, train.parquet into ``folder``;
     then time the other splits and the transpose of the filtered table."""
     import resource
@@ -92,6 +95,8 @@ def prep(size: str, folder: Path) -> dict[str, Any]:
     }
     train.to_parquet(folder / "train.parquet", index=False)
     del train
+    if not other_splits:
+        return row
     others = {
         "random": {},
         "temporal": {},
@@ -145,7 +150,23 @@ def run_engine(engine: str, train_path: Path) -> dict[str, Any]:
         "total_seconds": done - start,
         "cpu_seconds": time.process_time() - cpu,
         "recommendations": len(recommendations),
+        "lists_sha256": lists_digest(recommendations),
     }
+
+
+def lists_digest(recommendations: Any) -> str:
+    """sha256 of the top-k lists (user, item, float64 score bits, in rank order): equal lists, equal digest."""
+    import hashlib
+
+    import numpy as np
+
+    ordered = recommendations.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True])
+    digest = hashlib.sha256()
+    for column in ("user_id", "item_id", "score"):
+        digest.update(
+            np.ascontiguousarray(ordered[column].to_numpy(np.float64 if column == "score" else np.int64))
+        )
+    return digest.hexdigest()
 
 
 def run_dask(n_workers: int, train_path: Path) -> dict[str, Any]:
@@ -173,6 +194,7 @@ def run_dask(n_workers: int, train_path: Path) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - start,
         "cpu_seconds": cpu,
         "recommendations": len(result.recommendations),
+        "lists_sha256": lists_digest(result.recommendations),
         "worker_peak_rss_gb": {w: mb / 1024 for w, mb in result.worker_peak_rss_mb.items()},
     }
 
@@ -228,10 +250,18 @@ def prefect_api() -> Iterator[str]:
             server.wait()
 
 
-def measure(step: list[str], cap_gb: float, timeout: float, api_url: str) -> dict[str, Any]:
-    """Run ``python -m benchmarks.sar_scale child STEP...``; its result, peak tree RSS and status."""
+def measure(
+    step: list[str], cap_gb: float, timeout: float, api_url: str, code: Path | None = None
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks.sar_scale child STEP...``; its result, peak tree RSS and status.
+
+    With ``code`` (a checkout of another version), the child imports ``recmodels`` and ``tasks`` from it.
+    """
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+        path = str(ROOT) if code is None else f"{code}{os.pathsep}{ROOT}"
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": path}
+        if code is not None:
+            env[CODE_ENV] = str(code)
         command = [sys.executable, "-m", "benchmarks.sar_scale", "child", out.name, *step]
         child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         process, peak, status = psutil.Process(child.pid), 0, "ok"
@@ -259,25 +289,60 @@ def measure(step: list[str], cap_gb: float, timeout: float, api_url: str) -> dic
 def benchmark(args: argparse.Namespace, folder: Path, api_url: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     failed: set[str] = set()
+    versions: list[tuple[str, Path | None]] = [("", None)]
+    if args.baseline is not None:
+        versions.append((BASELINE, args.baseline.resolve()))
     for size in args.sizes:
-        data = measure(["prep", size, str(folder)], args.memory_cap_gb, args.timeout, api_url)
+        prep_step = ["prep", size, str(folder), *(["--no-other-splits"] if args.no_other_splits else [])]
+        data = measure(prep_step, args.memory_cap_gb, args.timeout, api_url)
         rows.append({"size": size, "step": "prep", **data})
         print(format_row(rows[-1]), flush=True)
         if data["status"] != "ok":
             break
         for repeat in range(args.repeats):
             for engine in args.engines:
-                if engine in failed:
-                    row = {"status": "skipped: failed before"}
-                else:
-                    step = ["engine", engine, str(folder / "train.parquet")]
-                    row = measure(step, args.memory_cap_gb, args.timeout, api_url)
-                    if row["status"] != "ok":
-                        failed.add(engine)
-                counts = {k: data[k] for k in ("interactions", "train_interactions", "users")}
-                rows.append({"size": size, "step": engine, "repeat": repeat, **counts, **row})
-                print(format_row(rows[-1]), flush=True)
+                for suffix, code in versions if engine != REFERENCE else versions[:1]:
+                    name = engine + suffix
+                    if name in failed:
+                        row = {"status": "skipped: failed before"}
+                    else:
+                        step = ["engine", engine, str(folder / "train.parquet")]
+                        row = measure(step, args.memory_cap_gb, args.timeout, api_url, code)
+                        if row["status"] != "ok":
+                            failed.add(name)
+                    counts = {k: data[k] for k in ("interactions", "train_interactions", "users", "items")}
+                    rows.append({"size": size, "step": name, "repeat": repeat, **counts, **row})
+                    if row["status"] == "ok" and engine != REFERENCE:
+                        # A's non-zeros × items multiply-adds over the cores the scoring ran on
+                        macs = data["train_interactions"] * data["items"]
+                        rows[-1]["gmac_per_second_per_core"] = (
+                            macs / row["predict_seconds"] / 1e9 / SCORING_CORES
+                        )
+                    print(format_row(rows[-1]), flush=True)
     return rows
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and repeat, each engine's fit + recommend against SARSingleNode's of the same repeat,
+    and whether its lists equal the baseline version's (same sha256)."""
+    out = []
+    by_run = {(r["size"], r.get("repeat"), r["step"]): r for r in rows if r["status"] == "ok"}
+    for (size, repeat, step), row in by_run.items():
+        if step in ("prep", REFERENCE):
+            continue
+        entry: dict[str, Any] = {
+            "size": size,
+            "repeat": repeat,
+            "step": step,
+            "load_average": row["load_average"],
+        }
+        if (reference := by_run.get((size, repeat, REFERENCE))) is not None:
+            entry["speedup_vs_sarsinglenode"] = _work(reference) / _work(row)
+        if not step.endswith(BASELINE) and (old := by_run.get((size, repeat, step + BASELINE))) is not None:
+            entry["speedup_vs_baseline"] = _work(old) / _work(row)
+            entry["same_lists_as_baseline"] = old.get("lists_sha256") == row["lists_sha256"]
+        out.append(entry)
+    return out
 
 
 def best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,6 +394,7 @@ def format_row(row: dict[str, Any]) -> str:
         f"total {row['total_seconds']:7.1f} s  peak {row['peak_rss_gb']:5.2f} GiB"
         + (f" (workers ≤ {max(workers.values()):.2f})" if (workers := row.get("worker_peak_rss_gb")) else "")
         + f"  cpu {row['cpu_seconds']:7.1f} s"
+        + (f"  {gmac:.2f} GMAC/s/core" if (gmac := row.get("gmac_per_second_per_core")) else "")
         + (
             f"  {speedup:4.1f}× SARSingleNode ({row['cpu_ratio_vs_sarsinglenode']:.1f}× in CPU)"
             if speedup
@@ -451,6 +517,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", default="sar_scale", help="name of the JSON and PNG in benchmarks/results"
     )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of the previous version (git worktree add DIR REF): its sar engines run beside "
+        "this checkout's in every repeat, and the JSON says whether their lists are equal",
+    )
+    parser.add_argument(
+        "--no-other-splits", action="store_true", help="prep: skip timing the other splits and the transpose"
+    )
     return parser.parse_args(argv)
 
 
@@ -458,7 +533,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["child"]:
         out, step, *rest = argv[1:]
-        result = prep(rest[0], Path(rest[1])) if step == "prep" else run_engine(rest[0], Path(rest[1]))
+        if code := os.environ.get(CODE_ENV):
+            sys.path.insert(0, code)  # the baseline's recmodels and tasks
+        if step == "prep":
+            result = prep(rest[0], Path(rest[1]), other_splits="--no-other-splits" not in rest)
+        else:
+            result = run_engine(rest[0], Path(rest[1]))
         Path(out).write_text(json.dumps(result))
         return
     args = parse_args(argv)
@@ -468,14 +548,27 @@ def main(argv: list[str] | None = None) -> None:
         )
     with tempfile.TemporaryDirectory(prefix="sar-scale-") as folder, prefect_api() as api_url:
         rows = benchmark(args, Path(folder), api_url)
-    table = best(rows)
+    table, pairs = best(rows), side_by_side(rows)
     print("\nFastest of each (fit + recommend for all users, k=10):")
     for row in table:
         print(format_row(row))
+    print("\nSide by side, per repeat:")
+    for pair in pairs:
+        print(json.dumps(pair))
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path, png_path = RESULTS / f"{args.output}.json", RESULTS / f"{args.output}.png"
     json_path.write_text(
-        json.dumps({"params": vars(args), "cpus": os.cpu_count(), "best": table, "runs": rows}, indent=2)
+        json.dumps(
+            {
+                "params": vars(args),
+                "cpus": os.cpu_count(),
+                "best": table,
+                "side_by_side": pairs,
+                "runs": rows,
+            },
+            indent=2,
+            default=str,
+        )
     )
     plot(table, png_path)
     print(f"wrote {json_path} and {png_path}")

@@ -41,10 +41,19 @@ against them bit for bit, and the model against SARSingleNode.
   Σ_u n_u² / 2 increments, n_u = u's items. S is dense, as in SARSingleNode: n_items² × 8 bytes, 5.7 GB
   at 26,744 items, where a sparse C (99.85% dense) would add 8.6 GB; for more items, use the Dask shards.
 - ``top_k_items`` computes R = A S one tile of ``SCORE_TILE`` columns at a time: the tile S[:, tile] is
-  copied contiguous (3.8 MB at 3,706 items, cache resident; 27 MB at 26,744, which is not), and every
+  copied contiguous (3.8 MB at 3,706 items; 27 MB at 26,744, beyond a core's 2 MB L2), and every
   user's tile of scores is summed from its affinity row, normalised, its seen items skipped and the rest
   folded into the user's running top k. Nothing of size users × items is formed: memory beyond S and
   the sparse inputs is users × k.
+- Cache blocking (GitHub issue 18): users are scored in groups of ``block_size`` users of similar
+  activity (sorted by their number of affinity entries), and a group reads the tile in blocks of item
+  rows, in increasing item order: each user adds its entries inside the block to its accumulator row
+  before the group moves on, so a block stays in L2 while the group's users read it. A block holds
+  ``VISIT_ENTRIES`` of a user's entries on average (at least ``ROW_BLOCK`` rows, at most the tile):
+  short blocks for groups of heavy users, whose reads then come from L2, the whole tile for light
+  users, who read too few rows of any block to reuse it. Every score is still the sum of the same
+  products in the same order (the user's entries by increasing item), so the scores and the lists,
+  ties included, are bit-identical to the unblocked kernel's (tests/test_sar.py).
 - Both use every core (``prange`` over item rows, resp. blocks of ``block_size`` users); results do
   not depend on the number of threads.
 
@@ -84,6 +93,8 @@ SECONDS_PER_DAY = 86_400
 SCORE_TILE = (
     128  # columns scored at a time (synthetic-1m, loaded machine: 64 → 1.9 CPU s, 128 → 1.3, 256 → 1.4)
 )
+ROW_BLOCK = 256  # fewest item rows of a score tile that a group of users reads before the next rows
+VISIT_ENTRIES = 16  # a group's row blocks hold this many of a user's affinity entries on average
 T = TypeVar("T")
 
 
@@ -287,13 +298,23 @@ class ScoringInputs:
     seen: sp.csr_matrix
 
 
+def sorted_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """``matrix`` as CSR with each row's columns in increasing order (the order scores are summed in)."""
+    matrix = matrix.tocsr()
+    return matrix if matrix.has_sorted_indices else matrix.sorted_indices()
+
+
 def unit_score_range(
-    unit_affinity: sp.csr_matrix, similarity: np.ndarray, block_size: int = 1024
+    unit_affinity: sp.csr_matrix,
+    similarity: np.ndarray,
+    block_size: int = 1024,
+    row_block: int = ROW_BLOCK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's min and max of W S over the columns of ``similarity`` (all items or one shard)."""
-    unit = unit_affinity.tocsr()
+    unit = sorted_rows(unit_affinity)
+    similarity = np.ascontiguousarray(similarity, np.float64)
     return _score_range_kernel(
-        unit.indptr, unit.indices, unit.data, np.ascontiguousarray(similarity, np.float64), block_size
+        unit.indptr, unit.indices, unit.data, similarity, block_size, row_block, numba.get_num_threads()
     )
 
 
@@ -305,19 +326,20 @@ def top_k_items(
     block_size: int = 1024,
     first_item: int = 0,
     normalize: tuple[np.ndarray, np.ndarray, float, float] | None = None,
+    row_block: int = ROW_BLOCK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item positions and scores of each user's ``k`` best items among the columns of ``similarity``.
 
     ``similarity`` is S or its dense column shard starting at item ``first_item`` (positions returned
-    are global); threads take ``block_size`` users at a time. ``normalize`` = (unit_min, unit_max,
+    are global); threads take groups of ``block_size`` users of similar activity, which read the tile
+    in row blocks of at least ``row_block`` item rows (module docstring, "Cache blocking"); affinity
+    rows are summed in increasing item order. ``normalize`` = (unit_min, unit_max,
     r_min, r_max) rescales scores as in step 5, with each user's W S range over all items
     (``unit_score_range``). Equal, bit for bit, to ``top_k_dense`` of ``score_block`` (normalised by
     ``normalize_scores``, seen items masked by ``mask_seen``): positions of excluded items are -1.
     """
     k = min(check_k(k), similarity.shape[1])
-    affinity, seen = inputs.affinity.tocsr(), inputs.seen.tocsr()
-    if not seen.has_sorted_indices:
-        seen = seen.sorted_indices()
+    affinity, seen = sorted_rows(inputs.affinity), sorted_rows(inputs.seen)
     lo = span = np.empty(0)
     rating_min = scale = 0.0
     if normalize is not None:
@@ -339,6 +361,8 @@ def top_k_items(
         rating_min,
         scale,
         block_size,
+        row_block,
+        numba.get_num_threads(),
     )
 
 
@@ -353,34 +377,80 @@ def _copy_tile(similarity: np.ndarray, start: int, tile: np.ndarray) -> int:
     return width
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _by_activity(indptr: np.ndarray) -> np.ndarray:
+    """Users from the most affinity entries to the fewest (ties by position): groups of similar users."""
+    return np.argsort(-np.diff(indptr), kind="mergesort")
+
+
 @numba.njit(cache=True, inline="always", error_model="numpy")
-def _score_tile(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, tile: np.ndarray, u: int, scores: np.ndarray
+def _score_group(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    tile: np.ndarray,
+    users: np.ndarray,
+    row_block: int,
+    scores: np.ndarray,
+    cursor: np.ndarray,
 ) -> None:
-    """scores = A[u] S[:, tile], summed over u's affinity entries in order as scipy's CSR × dense."""
-    scores[:] = 0.0
-    for p in range(indptr[u], indptr[u + 1]):
-        a, row = data[p], tile[indices[p]]
-        for j in range(SCORE_TILE):
-            scores[j] += a * row[j]
+    """scores[g] = A[users[g]] S[:, tile] for a group of users, S's rows ``row_block`` at a time.
+
+    For each block of item rows in increasing order, every user of the group adds the products of its
+    affinity entries inside the block (a cursor walks its sorted CSR row), so each score is the same
+    sum in the same order as scipy's CSR × dense (entries in increasing item order) while the block's
+    rows stay in cache for the whole group.
+    """
+    n_rows, entries = tile.shape[0], 0
+    for g in range(len(users)):
+        cursor[g] = indptr[users[g]]
+        scores[g, :] = 0.0
+        entries += indptr[users[g] + 1] - indptr[users[g]]
+    # blocks in which a user has VISIT_ENTRIES entries on average, at least row_block rows
+    rows = n_rows if entries == 0 else (n_rows * VISIT_ENTRIES * len(users)) // entries
+    rows = max(row_block, min(rows, n_rows))
+    for block_end in range(rows, n_rows + rows, rows):
+        for g in range(len(users)):
+            p, end = cursor[g], indptr[users[g] + 1]
+            if p == end or indices[p] >= block_end:
+                continue
+            row_scores = scores[g]
+            while p < end and indices[p] < block_end:
+                a, row = data[p], tile[indices[p]]
+                for j in range(SCORE_TILE):
+                    row_scores[j] += a * row[j]
+                p += 1
+            cursor[g] = p
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _score_range_kernel(
-    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, similarity: np.ndarray, block_size: int
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    similarity: np.ndarray,
+    block_size: int,
+    row_block: int,
+    n_threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's min and max of A S (``unit_score_range``)."""
     n_users = len(indptr) - 1
     low, high = np.full(n_users, np.inf), np.full(n_users, -np.inf)
+    order = _by_activity(indptr)
+    n_groups = (n_users + block_size - 1) // block_size
     tile = np.zeros((similarity.shape[0], SCORE_TILE))
     for start in range(0, similarity.shape[1], SCORE_TILE):
         width = _copy_tile(similarity, start, tile)
-        for block in prange((n_users + block_size - 1) // block_size):
-            scores = np.empty(SCORE_TILE)
-            for u in range(block * block_size, min(block * block_size + block_size, n_users)):
-                _score_tile(indptr, indices, data, tile, u, scores)
-                low[u] = min(low[u], scores[:width].min())
-                high[u] = max(high[u], scores[:width].max())
+        for thread in prange(n_threads):
+            size = min(block_size, n_users)
+            scores, cursor = np.empty((size, SCORE_TILE)), np.empty(size, np.int64)
+            for group in range(thread, n_groups, n_threads):
+                users = order[group * block_size : group * block_size + block_size]
+                _score_group(indptr, indices, data, tile, users, row_block, scores, cursor)
+                for g in range(len(users)):
+                    u = users[g]
+                    low[u] = min(low[u], scores[g, :width].min())
+                    high[u] = max(high[u], scores[g, :width].max())
     return low, high
 
 
@@ -400,39 +470,47 @@ def _top_k_kernel(
     rating_min: float,
     scale: float,
     block_size: int,
+    row_block: int,
+    n_threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``top_k_items``: each row's k best of A S (normalised if ``lo`` is not empty), best first."""
     n_users = len(indptr) - 1
     positions, values = np.full((n_users, k), -1, np.int64), np.full((n_users, k), -np.inf)
     next_seen = seen_indptr[:-1].astype(np.int64)  # per user: first seen entry not yet passed
+    order = _by_activity(indptr)
+    n_groups = (n_users + block_size - 1) // block_size
     tile = np.zeros((similarity.shape[0], SCORE_TILE))
     for start in range(0, similarity.shape[1], SCORE_TILE):
         width = _copy_tile(similarity, start, tile)
-        for block in prange((n_users + block_size - 1) // block_size):
-            scores = np.empty(SCORE_TILE)
-            for u in range(block * block_size, min(block * block_size + block_size, n_users)):
-                _score_tile(indptr, indices, data, tile, u, scores)
-                best, where = values[u], positions[u]
-                threshold = best[k - 1]
-                s, end = next_seen[u], seen_indptr[u + 1]
-                for j in range(width):
-                    item = first_item + start + j
-                    if exclude_seen:
-                        while s < end and seen_items[s] < item:
-                            s += 1
-                        if s < end and seen_items[s] == item:
-                            continue
-                    x = scores[j]
-                    if len(lo):
-                        x = rating_min + (x - lo[u]) * scale / span[u]
-                    if x > threshold:  # ties keep the lower item, met first
-                        m = k - 1
-                        while m > 0 and x > best[m - 1]:
-                            best[m], where[m] = best[m - 1], where[m - 1]
-                            m -= 1
-                        best[m], where[m] = x, item
-                        threshold = best[k - 1]
-                next_seen[u] = s
+        for thread in prange(n_threads):
+            size = min(block_size, n_users)
+            scores, cursor = np.empty((size, SCORE_TILE)), np.empty(size, np.int64)
+            for group in range(thread, n_groups, n_threads):
+                users = order[group * block_size : group * block_size + block_size]
+                _score_group(indptr, indices, data, tile, users, row_block, scores, cursor)
+                for g in range(len(users)):
+                    u = users[g]
+                    best, where = values[u], positions[u]
+                    threshold = best[k - 1]
+                    s, end = next_seen[u], seen_indptr[u + 1]
+                    for j in range(width):
+                        item = first_item + start + j
+                        if exclude_seen:
+                            while s < end and seen_items[s] < item:
+                                s += 1
+                            if s < end and seen_items[s] == item:
+                                continue
+                        x = scores[g, j]
+                        if len(lo):
+                            x = rating_min + (x - lo[u]) * scale / span[u]
+                        if x > threshold:  # ties keep the lower item, met first
+                            m = k - 1
+                            while m > 0 and x > best[m - 1]:
+                                best[m], where[m] = best[m - 1], where[m - 1]
+                                m -= 1
+                            best[m], where[m] = x, item
+                            threshold = best[k - 1]
+                    next_seen[u] = s
     return positions, values
 
 

@@ -36,6 +36,7 @@ from recmodels.errors import EmptySplit, InvalidConfig, MissingColumns, NotFitte
 from recmodels.popularity import Popularity
 from recmodels.preprocessing import Split, split_stratified
 from recmodels.sar import SAR
+from recmodels.synthetic import generate_synthetic
 
 T = 1_000_000_000
 DAY = 86_400
@@ -291,6 +292,52 @@ def test_top_k_kernel_equals_the_definition(params, exclude_seen, k):
             )
             np.testing.assert_array_equal(got[0], expected[0])  # same items, same order
             np.testing.assert_array_equal(got[1], expected[1])  # bit-identical scores
+
+
+def unblocked_top_k(inputs, similarity, k, normalize):
+    """The previous implementation's schedule: one user at a time, all of its entries over all item rows
+    (block_size=1, a row block as tall as S), as the kernel scored before cache blocking."""
+    rows = similarity.shape[0]
+    return sar.top_k_items(inputs, similarity, k, True, 1, normalize=normalize, row_block=rows)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"similarity": "counts", "time_decay_days": None}, {"similarity": "lift", "normalize": True}],
+)
+@pytest.mark.parametrize("data", ["synthetic", "ml100k", "ties"])
+def test_cache_blocked_scores_are_the_unblocked_bits(request, data, params):
+    # Heavy-tailed users (synthetic: 20 to a few hundred items, so groups of heavy users get short row
+    # blocks and light ones tall ones), ML-100K, and users of 2-8 items with integer ratings, where
+    # counts without decay gives integer scores: many exact ties.
+    if data == "synthetic":
+        train = generate_synthetic(400, 700, 30_000, seed=5)
+    elif data == "ties":
+        train = random_interactions(np.random.default_rng(13), n_users=300, n_items=300)
+    else:
+        train = request.getfixturevalue("ml100k")
+    model = SAR(**params).fit(train)
+    inputs = model.scoring_inputs()
+    normalize = None
+    if model.normalize:
+        normalize = (*sar.unit_score_range(inputs.unit_affinity, model.similarity_), *model.rating_range_)
+        blocked = sar.unit_score_range(inputs.unit_affinity, model.similarity_, 13, row_block=1)
+        for got, expected in zip(blocked, normalize[:2], strict=True):
+            np.testing.assert_array_equal(got, expected)
+    expected = unblocked_top_k(inputs, model.similarity_, 10, normalize)
+    if not model.normalize:  # the plain definition: scipy's A S, seen masked, top k
+        definition = reference_top_k(inputs, model.similarity_, 10, True, 0, None)
+        np.testing.assert_array_equal(expected[0], definition[0])
+        np.testing.assert_array_equal(expected[1], definition[1])
+    tied = (np.diff(expected[1], axis=1) == 0).sum()
+    for threads, block_size, row_block in [(2, 1024, sar.ROW_BLOCK), (1, 37, 1), (2, 5, 64)]:
+        got = sar.with_threads(
+            threads, sar.top_k_items, inputs, model.similarity_, 10, True, block_size, 0, normalize, row_block
+        )
+        np.testing.assert_array_equal(got[0], expected[0])  # same items, same order, ties included
+        np.testing.assert_array_equal(got[1], expected[1])  # bit-identical float64 scores
+    if params.get("similarity") == "counts":
+        assert tied > 0  # ties were exercised (and went to the lower item id in both)
 
 
 def test_with_threads_restores_the_thread_count():
