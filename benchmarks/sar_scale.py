@@ -150,7 +150,7 @@ def run_engine(engine: str, train_path: Path) -> dict[str, Any]:
         "total_seconds": done - start,
         "cpu_seconds": time.process_time() - cpu,
         "recommendations": len(recommendations),
-        "lists_sha256": lists_digest(recommendations),
+        **({"lists_sha256": lists_digest(recommendations)} if engine == "sar" else {}),
     }
 
 
@@ -378,6 +378,12 @@ def format_row(row: dict[str, Any]) -> str:
             return f"{text} {row['status']}"
         return (
             f"{text} {row['status']} (peak {row['peak_rss_gb']:.1f} GiB after {row['elapsed_seconds']:.0f} s)"
+        )
+    if row["step"] == "prep" and "random_split_seconds" not in row:
+        return (
+            f"{text} parse {row['parse_seconds']:6.1f} s  filter {row['filter_seconds']:5.1f} s  "
+            f"split {row['split_seconds']:5.1f} s  total {row['seconds']:6.1f} s  "
+            f"{row['interactions']:,} interactions (load {row['load_average']:.1f})"
         )
     if row["step"] == "prep":
         return (

@@ -539,7 +539,8 @@ class SAR:
     Fitted attributes: ``users_`` and ``items_`` (raw id ⇄ row/column), ``seen_`` (users × items, the
     non-zeros are the seen pairs), ``affinity_`` (A), ``unit_affinity_`` (W, only with ``normalize``),
     ``similarity_`` (S, items × items dense float64), ``time_now_`` (None without decay) and
-    ``rating_range_``. ``block_size`` is the number of users a thread scores at a time.
+    ``rating_range_``. ``block_size`` is the number of users a thread scores together (a group that reads
+    each row block of a score tile before the next, module docstring "Cache blocking").
     """
 
     similarity: Similarity = "jaccard"
