@@ -117,6 +117,8 @@ def recbole(name: str, split: preprocessing.Split, seed: int, epochs: int) -> di
             f"RecBole is not installed beside the project: see this file's docstring ({RECBOLE_TARGET})"
         )
     sys.path.insert(0, str(RECBOLE_TARGET))
+    # RecBole 1.2.1 reloads its best checkpoint with torch.load's pre-2.6 default (weights_only=False)
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model import sequential_recommender
