@@ -18,11 +18,19 @@ from prefect.deployments import run_deployment
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
+from flows.interrupts import cancel_interrupted_flow_run
 from recmodels import metrics, preprocessing
 from recmodels.errors import BenchmarkError, InvalidConfig
 from recmodels.registry import model_spec, with_run_seed
 from tasks import data, storage
-from tasks.checkpoints import claim_run, end_interrupted, fail_dead_runs, new_run_tags, run_identity
+from tasks.checkpoints import (
+    claim_run,
+    end_interrupted,
+    fail_dead_runs,
+    interrupts,
+    new_run_tags,
+    run_identity,
+)
 from tasks.links import markdown_link, mlflow_experiment_url, mlflow_run_url, prefect_flow_run_url
 from tasks.prepared import load_prepared, prepared_key
 from tasks.redaction import install_log_redaction, redact
@@ -85,7 +93,7 @@ def result_table(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     return [{c: round(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns if c in r} for r in rows]
 
 
-@flow(name="movielens-benchmark")
+@flow(name="movielens-benchmark", on_crashed=[cancel_interrupted_flow_run])
 def movielens_benchmark(
     size: str = "100k",
     models: list[str] = ["popularity", "sar"],  # noqa: B006 - Prefect parameters are copied per run
@@ -277,7 +285,7 @@ def movielens_benchmark(
                 client.log_table(parent_id, {c: [r.get(c) for r in table] for c in table[0]}, "results.json")
         if failures:
             raise BenchmarkError("model(s) failed: " + "; ".join(failures))
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (flows/cli.py): the next start resumes it
+    except interrupts():  # Ctrl-C or SIGTERM (flows/interrupts.py): the next start resumes it
         if own_parent:
             end_interrupted(client, parent_id, "KILLED", "interrupted")
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -59,14 +60,24 @@ def _split_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from flows.interrupts import interruptible
     from flows.prefect_api import local_api
 
-    api = local_api()  # a temporary Prefect server starts now, while the imports of _run go on
-    try:
-        _run(args, api)
-    finally:
-        if api is not None:
-            api.restore_environment()
+    with interruptible() as received:  # Ctrl-C and SIGTERM: runs KILLED/CANCELLED, resumable (exit 128+n)
+        api = local_api()  # a temporary Prefect server starts now, while the imports of _run go on
+        try:
+            _run(args, api)
+        except KeyboardInterrupt:
+            signum = received[0] if received else signal.SIGINT
+            console.print(
+                f"interrupted by {signal.Signals(signum).name}: MLflow runs KILLED, Prefect flow run "
+                "CANCELLED; run the same command again to resume from the last checkpoint",
+                highlight=False,
+            )
+            raise SystemExit(128 + signum) from None
+        finally:
+            if api is not None:
+                api.restore_environment()
 
 
 def _api_ready(api: Any) -> None:

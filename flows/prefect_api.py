@@ -15,7 +15,8 @@ Order of choice:
    uses it; nothing to do.
 2. A Prefect server answers at ``http://127.0.0.1:4200/api`` (the stack's default): reused, logged.
 3. Otherwise a temporary server on a free local port, as Prefect's own (same command and settings:
-   no UI, ephemeral mode), stopped when the process exits.
+   no UI, ephemeral mode), stopped when the process exits; in its own session, so that Ctrl-C reaches
+   the CLI and not the server (:mod:`flows.interrupts`).
 
 Temporary servers of runs started at the same moment share ``$PREFECT_HOME/prefect.db``, and each one
 migrates it as it starts: on a fresh database they race (``duplicate column name: max_scheduled_runs``,
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from flows.interrupts import detached_child
 from recmodels.errors import BenchmarkError
 
 RUNNING_SERVER_URL = "http://127.0.0.1:4200/api"  # `movielens-benchmark stack up`'s Prefect server
@@ -204,4 +206,6 @@ def _start_server(port: int) -> subprocess.Popen[bytes]:
         str(port),
     ]
     command += ["--log-level", "error", "--lifespan", "on"]
-    return subprocess.Popen(command, env=env)
+    # Its own session: the terminal's Ctrl-C reaches the CLI, which stops the server at exit (and the kernel
+    # does where the CLI is killed: flows/interrupts.py).
+    return subprocess.Popen(command, env=env, **detached_child())

@@ -149,6 +149,14 @@ def end_interrupted(client: MlflowClient, run_id: str, status: str, why: str) ->
     client.set_terminated(run_id, status)
 
 
+def interrupts() -> tuple[type[BaseException], ...]:
+    """Ctrl-C, and SIGTERM (Prefect's flow engine raises ``TerminationSignal`` for it; flows/interrupts.py).
+    Prefect is imported here only: the Horovod workers use this module without it."""
+    from prefect.exceptions import TerminationSignal
+
+    return (KeyboardInterrupt, TerminationSignal)
+
+
 class WorkerDied(RuntimeError):
     """A training process (e.g. a Horovod worker) killed by a signal: the run is left to resume."""
 
@@ -160,7 +168,7 @@ def ending_of(client: MlflowClient, run_id: str) -> Iterator[None]:
     left to MLflow (FAILED, not resumed: the same command would fail again)."""
     try:
         yield
-    except KeyboardInterrupt:
+    except interrupts():
         end_interrupted(client, run_id, "KILLED", "interrupted")
         mlflow.end_run("KILLED")  # so that start_run's exit does not mark it FAILED
         raise
@@ -197,7 +205,8 @@ class _Checkpoint:
 class EpochRecorder:
     """Logs each epoch's record to ``run_id`` as it ends and writes checkpoints, off the training thread.
 
-    ``recorder.callback(model)`` is the ``on_epoch_end`` to pass to ``model.fit``; :meth:`close` waits
+    ``recorder.callback(model)`` is the ``on_epoch_end`` to pass to ``model.fit`` (``client`` None: only
+    checkpoints); :meth:`close` waits
     for everything queued and re-raises a failure of the background thread (also raised at the next
     epoch). ``checkpoint`` is the URL to write to (None: no checkpoints); ``write=False`` (Horovod ranks
     other than 0) still takes the collective snapshots but logs and writes nothing.
@@ -205,7 +214,7 @@ class EpochRecorder:
 
     def __init__(
         self,
-        client: MlflowClient,
+        client: MlflowClient | None,
         run_id: str,
         checkpoint_url: str | None,
         checkpoint_every: int = 1,
@@ -282,6 +291,8 @@ class EpochRecorder:
                 return
 
     def _log(self, metrics: list[Metric]) -> None:
+        if self.client is None:  # checkpoints without tracking
+            return
         fresh = [m for m in metrics if m.step not in self.skip.get(m.key, ())]
         for start in range(0, len(fresh), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=fresh[start : start + MAX_BATCH])

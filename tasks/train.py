@@ -26,6 +26,7 @@ from recmodels.registry import create_model, model_spec
 from tasks import storage
 from tasks.checkpoints import (
     EpochRecorder,
+    WorkerDied,
     checkpoint_url,
     claim_run,
     ending_of,
@@ -174,6 +175,8 @@ def _vae_cf_horovod(
     num_workers: int,
     uri: str,
     run_id: str,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
 ) -> tuple[pd.DataFrame, Measurement, Measurement]:
     """VAE-CF trained by ``horovodrun -np num_workers --gloo`` (tasks/vae_cf_worker.py); rank 0 logs
     the parameters, per-epoch metrics and the model into ``run_id`` and hands back the recommendations."""
@@ -183,11 +186,16 @@ def _vae_cf_horovod(
     with tempfile.TemporaryDirectory(prefix="vae_cf-") as out:
         worker_args = ["--prepared", prepared.folder, "--output", out, "--params", json.dumps(config)]
         worker_args += ["--k", str(k), "--tracking-uri", uri, "--run-id", run_id]
+        if checkpoint is not None:
+            worker_args += ["--checkpoint", checkpoint, "--checkpoint-every", str(checkpoint_every)]
         with measure() as fit:
             done = subprocess.run(command(num_workers, worker_args), capture_output=True, text=True)
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-            raise BenchmarkError(f"horovodrun -np {num_workers} failed (exit {done.returncode}):\n{tail}")
+            message = f"horovodrun -np {num_workers} failed (exit {done.returncode}):\n{tail}"
+            if _killed(done.returncode, done.stdout + done.stderr):
+                raise WorkerDied(message)  # resumable: the task's retry continues from the checkpoint
+            raise BenchmarkError(message)
         results = json.loads((Path(out) / "results.json").read_text())
         fit.seconds = results["fit_seconds"]
         return pd.read_parquet(Path(out) / "recommendations.parquet"), fit, Measurement()
@@ -197,6 +205,12 @@ def _stops_on_validation_items(model: Any) -> bool:
     """Whether ``fit`` takes the validation items themselves for early stopping (BERT4Rec, SASRec)."""
     accepts = inspect.signature(model.fit).parameters
     return "validation" in accepts and "validation_fold_in" not in accepts
+
+
+def _killed(returncode: int, output: str) -> bool:
+    """Whether a training subprocess (or one of horovodrun's workers) ended by a signal, not an error."""
+    signals = ("status code -9", "status code -15", "signal 9", "signal 15", "Killed", "SIGKILL", "SIGTERM")
+    return returncode < 0 or returncode in (137, 143) or any(s in output for s in signals)
 
 
 def _fit(
@@ -264,7 +278,25 @@ def _torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
-@task(name="train-evaluate", task_run_name="train-evaluate-{name}", cache_policy=NO_CACHE)
+def _worker_died(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the task only when its training worker was killed: the retry resumes the same MLflow run
+    from its checkpoint. Other failures would fail the same way again."""
+    try:
+        state.result()
+    except WorkerDied:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+@task(
+    name="train-evaluate",
+    task_run_name="train-evaluate-{name}",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_condition_fn=_worker_died,
+)
 def train_and_evaluate(
     name: str,
     params: dict[str, Any],
@@ -348,7 +380,14 @@ def train_and_evaluate(
                 )
             elif model is None:
                 recs, fit, predict = _vae_cf_horovod(
-                    params, prepared, depth, horovod_workers, tracking.uri, run_id
+                    params,
+                    prepared,
+                    depth,
+                    horovod_workers,
+                    tracking.uri,
+                    run_id,
+                    checkpoint,
+                    tracking.checkpoint_every,
                 )
             else:
                 live = supports_checkpoints(model)

@@ -12,8 +12,11 @@ N, TF backend), evaluates the test users, and on rank 0 only writes to ``--outpu
 - ``model/`` (TF SavedModel or torch state dict, with the item ids) and ``learning_curve.png``;
 
 and, given a tracking URI, logs the same to MLflow: into ``--run-id`` (e.g. the Prefect task's nested
-run) or a new run: parameters, per-epoch metrics with ``step`` (loss, beta, epoch_seconds,
-users_per_second, validation_*), test metrics, the model and the learning curve.
+run) or a new run: parameters, per-epoch metrics with ``step`` as each epoch ends (loss, beta,
+epoch_seconds, users_per_second, validation_*), test metrics, the model and the learning curve. With
+``--checkpoint URL`` the training state is written there every ``--checkpoint-every`` epochs (rank 0,
+with every worker's generator state) and a fit that finds one there resumes from it
+(:mod:`tasks.checkpoints`).
 
 :func:`command` builds the command line the Prefect task runs: ``horovodrun -np N --gloo`` for N > 1
 (Gloo controller; NCCL does the GPU collectives where Horovod was built with it), plain Python for 1.
@@ -102,11 +105,15 @@ def start_run(uri: str, experiment: str, tags: dict[str, str]) -> str:
     return client.create_run(experiment_id, run_name="vae_cf", tags={"model": "vae_cf", **tags}).info.run_id
 
 
-def log_to_mlflow(uri: str, run_id: str, results: dict[str, Any], output: Path) -> None:
-    """Log params, per-epoch metrics (with step), test metrics and the artifacts under ``output``."""
+def log_to_mlflow(
+    uri: str, run_id: str, results: dict[str, Any], output: Path, epochs_logged: bool = False
+) -> None:
+    """Log params, per-epoch metrics (with step; unless ``epochs_logged`` live), test metrics and the
+    artifacts under ``output``."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from tasks.redaction import redact
     from tasks.tracking import fitted_params
 
     client = MlflowClient(uri)
@@ -118,14 +125,16 @@ def log_to_mlflow(uri: str, run_id: str, results: dict[str, Any], output: Path) 
     }
     metrics = [
         Metric(key, float(value), now, int(epoch["epoch"]))
-        for epoch in results["history"]
+        for epoch in ([] if epochs_logged else results["history"])
         for key, value in epoch.items()
         if key != "epoch"
     ]
     final = ("ndcg_at_100", "recall_at_20", "recall_at_50", "best_epoch", "epochs_trained", "fit_seconds")
     final += ("users_per_second",)
     metrics += [Metric(key, float(results[key]), now, 0) for key in final]
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    logged = client.get_run(run_id).data.params  # a resumed run has them already
+    fresh = [Param(k, redact(str(v))) for k, v in params.items() if k not in logged]  # no credentials
+    client.log_batch(run_id, params=fresh)
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.log_artifact(run_id, str(output / "learning_curve.png"))
@@ -137,8 +146,39 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train, evaluate and (rank 0) write and log; returns the results on rank 0, None elsewhere."""
     frames = read_prepared(args.prepared)
     model = VAECF(**json.loads(args.params))
+    rank = int(os.environ.get("HOROVOD_RANK", "0")) if args.horovod else 0
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    created = uri is not None and args.run_id is None
+    run_id = args.run_id
+    if uri and rank == 0 and run_id is None:
+        run_id = start_run(uri, args.experiment, dict(t.split("=", 1) for t in args.tag))
+    from tasks.checkpoints import EpochRecorder, load_checkpoint, logged_steps
+
+    state = load_checkpoint(args.checkpoint) if args.checkpoint else None  # every worker reads it
+    recorder = None
+    if (uri and run_id) or args.checkpoint:  # epochs logged as they end (rank 0), checkpoints written
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri) if uri and run_id else None
+        skip = logged_steps(client, run_id) if client and state is not None and rank == 0 else {}
+        if client and state is not None and rank == 0:
+            client.set_tag(run_id, "benchmark.resumed_from_epoch", state["epoch"])
+        recorder = EpochRecorder(
+            client, run_id or "", args.checkpoint, args.checkpoint_every, skip_steps=skip, write=rank == 0
+        )
     start = time.perf_counter()
-    model.fit(frames["train"], frames["validation_fold_in"], frames["validation"], horovod=args.horovod)
+    try:
+        model.fit(
+            frames["train"],
+            frames["validation_fold_in"],
+            frames["validation"],
+            horovod=args.horovod,
+            on_epoch_end=recorder.callback(model) if recorder else None,
+            resume_from=state,
+        )
+    finally:
+        if recorder is not None:
+            recorder.close()
     fit_seconds = time.perf_counter() - start
     test = model.evaluate(frames["test_fold_in"], frames["test"])  # every worker: allreduced
     if model.rank != 0:
@@ -157,11 +197,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "adapted_params": model.adapted_params(),
         "history": model.history_,
     }
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    created = uri is not None and args.run_id is None
     if uri:
-        tags = dict(t.split("=", 1) for t in args.tag)
-        results["run_id"] = args.run_id or start_run(uri, args.experiment, tags)
+        results["run_id"] = run_id
     output: Path = args.output
     output.mkdir(parents=True, exist_ok=True)
     recs = model.recommend_fold_in(frames["test_fold_in"], k=args.k)
@@ -170,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     learning_curve(model.history_, model.best_epoch_).savefig(output / "learning_curve.png", dpi=120)
     _atomic(output / "results.json", lambda p: p.write_text(json.dumps(results, indent=2, default=str)))
     if uri:
-        log_to_mlflow(uri, results["run_id"], results, output)
+        log_to_mlflow(uri, results["run_id"], results, output, epochs_logged=run_id is not None)
         if created:
             from mlflow.tracking import MlflowClient
 
@@ -203,6 +240,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-id", default=None, help="existing MLflow run to log into")
     parser.add_argument("--experiment", default="movielens-benchmark", help="experiment of a new run")
     parser.add_argument("--tag", action="append", default=[], help="KEY=VALUE tag of a new run")
+    parser.add_argument("--checkpoint", default=None, help="training state URL: resumed from, written to")
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     return parser.parse_args(argv)
 
 

@@ -242,6 +242,27 @@ def test_compiled_cpu_epoch_is_the_tensor_steps_to_float32_rounding(loss: str, l
     assert not compiled.grad.any() and not compiled.touched.any()
 
 
+def test_compiled_epoch_in_chunks_is_bit_identical_to_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch runs in kernel calls of whole minibatches (so that Ctrl-C is acted on within one: flows/
+    interrupts.py): 3 calls of 2 batches and a short one give the same bits as a single call."""
+    from recmodels import implicit_mf_cpu
+
+    gen = torch.Generator().manual_seed(1)
+    start = BilinearNet(30, 50, 8, gen).weight.detach().numpy()
+    index = torch.cat(
+        [torch.randint(0, 30, (1, 150), generator=gen), torch.randint(30, 80, (2, 150))]
+    ).numpy()
+    whole = CompiledEpochs(start.copy(), "bpr", 32, 0.05, 1e-3)
+    whole_losses = whole.epoch(index)
+    monkeypatch.setattr(implicit_mf_cpu, "CHUNK_POSITIVES", 64)  # 2 minibatches of 32 per call
+    chunked = CompiledEpochs(start.copy(), "bpr", 32, 0.05, 1e-3)
+    chunked_losses = chunked.epoch(index)
+    assert chunked.steps == whole.steps == 5
+    np.testing.assert_array_equal(chunked_losses, whole_losses)
+    for name in ("weight", "exp_avg", "exp_avg_sqrt"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+
+
 def test_initialisation_follows_spotlight_layers() -> None:
     """ScaledEmbedding: N(0, (1/d)²) factors; ZeroEmbedding: zero biases."""
     net = BilinearNet(300, 500, 8, torch.Generator().manual_seed(0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -250,3 +251,70 @@ def test_sigkill_in_the_session_loop_then_the_same_command_resumes_the_same_run(
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert "gpt2" in rerun.stdout and "popularity" in rerun.stdout  # the AOD table has both models
     assert not list((home / "checkpoints").glob("*/*"))
+
+
+SLOW_EPOCHS = 4
+# Epochs of seconds (a wide table): the signal comes in the middle of one, and must not wait for its end.
+SLOW_MF = {"n_iter": SLOW_EPOCHS, "seed": 7, "embedding_dim": 2048}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_slow_mf(tmp_path_factory: pytest.TempPathFactory, mirror: Path, prefect_api: None) -> dict:
+    """The interrupt test's run, uninterrupted (in-process): its result row and its loss curve."""
+    home = tmp_path_factory.mktemp("uninterrupted")
+    [row] = movielens_benchmark(
+        home=str(home), mirror=str(mirror), models=["implicit_mf"], model_params={"implicit_mf": SLOW_MF}
+    )
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    return {"row": row, "losses": steps(client, row["run_id"], "loss")}
+
+
+def prefect_flow_run_states(prefect_home: Path) -> list[str]:
+    """The state of every flow run in the database the CLI's temporary Prefect servers share."""
+    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as db:
+        return [state for (state,) in db.execute("SELECT state_type FROM flow_run ORDER BY created")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_training_within_10_s_and_the_rerun_resumes(
+    signum: int, home: Path, cli_env: dict[str, str], tmp_path: Path, uninterrupted_slow_mf: dict
+) -> None:
+    """The signal comes mid-epoch (the epoch after the first checkpoint) and goes to the CLI's process only,
+    as `kill` sends it (the terminal's Ctrl-C goes to its process group, where the temporary Prefect server
+    is not: flows/interrupts.py). The CLI exits within 10 s, its runs KILLED/CANCELLED; the same command
+    then resumes the same MLflow run from the last checkpoint and ends equal to an uninterrupted run."""
+    command = cli(home, "implicit_mf", {"implicit_mf": SLOW_MF})
+    log = tmp_path / "interrupted.log"
+    process = start(command, cli_env, log)
+    try:
+        wait_for_checkpoint(home, process, log)
+        sent = time.monotonic()
+        process.send_signal(signum)
+        process.wait(timeout=120)
+        seconds = time.monotonic() - sent
+    finally:
+        kill_group(process)
+    assert process.returncode == 128 + signum, log.read_text()[-3000:]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    [child] = model_run(client, "implicit_mf")
+    epochs = steps(client, child.info.run_id, "epoch_seconds")
+    assert seconds <= 10, f"stopped {seconds:.1f} s after {signal.Signals(signum).name} (epochs: {epochs})"
+    assert 1 <= len(epochs) < SLOW_EPOCHS  # it stopped mid-training
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert child.info.status == parent.info.status == "KILLED"
+    assert child.data.tags["benchmark.resumable"] == "true"
+    assert prefect_flow_run_states(Path(cli_env["PREFECT_HOME"])) == ["CANCELLED"]
+
+    rerun = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    [resumed] = model_run(client, "implicit_mf")
+    assert resumed.info.run_id == child.info.run_id and resumed.info.status == "FINISHED"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    checkpointed = int(resumed.data.tags["benchmark.resumed_from_epoch"])
+    assert 1 <= checkpointed <= len(epochs)  # the last checkpoint the interrupted run had written
+    losses = steps(client, resumed.info.run_id, "loss")
+    assert losses == uninterrupted_slow_mf["losses"]  # every epoch once, the same training bit for bit
+    reference = uninterrupted_slow_mf["row"]
+    for key in ("ndcg_at_10", "precision_at_10", "map_at_10", "recall_at_100"):
+        assert resumed.data.metrics[key] == reference[key]
+    assert prefect_flow_run_states(Path(cli_env["PREFECT_HOME"])) == ["CANCELLED", "COMPLETED"]
