@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from flows.interrupts import cancel_interrupted_flow_run
+from flows.run_owners import own_flow_run
 from recmodels import metrics, preprocessing
 from recmodels.errors import BenchmarkError, InvalidConfig
 from recmodels.registry import model_spec, with_run_seed
@@ -138,6 +139,9 @@ def movielens_benchmark(
     to ``<home>/checkpoints/``; the same command run again after a kill (or Ctrl-C) continues the same
     MLflow runs from their last checkpoints (tasks/checkpoints.py)."""
     logger = get_run_logger()
+    # No flow run stays RUNNING after its process died (flows/run_owners.py).
+    if crashed := own_flow_run(str(runtime.flow_run.id or ""), list(runtime.flow_run.tags)):
+        logger.info("marked CRASHED the flow runs of dead processes: %s", ", ".join(crashed))
     data.check_size(size)
     cutoffs, table_k = cutoffs_and_table_k(top_k, table_k)
     for name in models:

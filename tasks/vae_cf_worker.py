@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 from recmodels.errors import BenchmarkError, EmptySplit
 from recmodels.vae_cf import VAECF, VAECFConfig
 from tasks import storage
+from tasks.redaction import redact
 
 SETS = ("train", "validation_fold_in", "validation", "test_fold_in", "test")
 
@@ -102,7 +103,8 @@ def start_run(uri: str, experiment: str, tags: dict[str, str]) -> str:
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    return client.create_run(experiment_id, run_name="vae_cf", tags={"model": "vae_cf", **tags}).info.run_id
+    tags = {"model": "vae_cf", **{key: redact(value) for key, value in tags.items()}}  # no credentials
+    return client.create_run(experiment_id, run_name="vae_cf", tags=tags).info.run_id
 
 
 def log_to_mlflow(
@@ -113,7 +115,6 @@ def log_to_mlflow(
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from tasks.redaction import redact
     from tasks.tracking import fitted_params
 
     client = MlflowClient(uri)

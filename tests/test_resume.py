@@ -10,11 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -95,6 +97,12 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def prefect_flow_run_states(prefect_home: Path) -> list[str]:
+    """The state of every flow run in the database the CLI's temporary Prefect servers share."""
+    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as db:
+        return [state for (state,) in db.execute("SELECT state_type FROM flow_run ORDER BY created")]
+
+
 @pytest.fixture
 def killed_then_resumed(
     home: Path, cli_env: dict[str, str], tmp_path: Path, request, prefect_api: None
@@ -123,6 +131,7 @@ def killed_then_resumed(
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     [killed] = model_run(client, model)
     killed_steps = steps(client, killed.info.run_id, "loss")
+    killed_flow_runs = prefect_flow_run_states(Path(cli_env["PREFECT_HOME"]))
     rerun = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     yield {
@@ -130,6 +139,7 @@ def killed_then_resumed(
         "model": model,
         "killed": killed,
         "killed_steps": killed_steps,
+        "flow_runs": (killed_flow_runs, prefect_flow_run_states(Path(cli_env["PREFECT_HOME"]))),
         "reference": {row["model"]: row for row in reference},
     }
 
@@ -177,6 +187,9 @@ def test_sigkill_mid_training_then_the_same_command_resumes_the_same_run(
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the parent run resumed too
     assert resumed.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert not list((Path(client.tracking_uri.removeprefix("sqlite:///")).parent / "checkpoints").glob("*/*"))
+    # The killed CLI's Prefect flow run was left RUNNING; the rerun's start marked it CRASHED
+    # (flows/run_owners.py), in the database the two temporary servers share.
+    assert killed_then_resumed["flow_runs"] == (["RUNNING"], ["CRASHED", "COMPLETED"])
 
 
 SESSION_MODELS = "popularity,gpt2"
@@ -269,12 +282,6 @@ def uninterrupted_slow_mf(tmp_path_factory: pytest.TempPathFactory, mirror: Path
     return {"row": row, "losses": steps(client, row["run_id"], "loss")}
 
 
-def prefect_flow_run_states(prefect_home: Path) -> list[str]:
-    """The state of every flow run in the database the CLI's temporary Prefect servers share."""
-    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as db:
-        return [state for (state,) in db.execute("SELECT state_type FROM flow_run ORDER BY created")]
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_stops_training_within_10_s_and_the_rerun_resumes(
     signum: int, home: Path, cli_env: dict[str, str], tmp_path: Path, uninterrupted_slow_mf: dict
@@ -298,6 +305,7 @@ def test_ctrl_c_or_sigterm_stops_training_within_10_s_and_the_rerun_resumes(
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     [child] = model_run(client, "implicit_mf")
     epochs = steps(client, child.info.run_id, "epoch_seconds")
+    print(f"{signal.Signals(signum).name}: stopped {seconds:.1f} s after the signal; epochs {epochs}")
     assert seconds <= 10, f"stopped {seconds:.1f} s after {signal.Signals(signum).name} (epochs: {epochs})"
     assert 1 <= len(epochs) < SLOW_EPOCHS  # it stopped mid-training
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
@@ -318,3 +326,73 @@ def test_ctrl_c_or_sigterm_stops_training_within_10_s_and_the_rerun_resumes(
     for key in ("ndcg_at_10", "precision_at_10", "map_at_10", "recall_at_100"):
         assert resumed.data.metrics[key] == reference[key]
     assert prefect_flow_run_states(Path(cli_env["PREFECT_HOME"])) == ["CANCELLED", "COMPLETED"]
+
+
+HOROVOD_EPOCHS = 8
+VAE_CF_HOROVOD = {
+    "backend": "tf",
+    "epochs": HOROVOD_EPOCHS,
+    "seed": 7,
+    "num_workers": 2,
+    "hidden_dims": [100, 20],
+}
+
+
+def kill_a_horovod_worker_after_a_checkpoint(home: Path, killed: list[int]) -> None:
+    """SIGKILL Horovod rank 1 of the VAE-CF training once its run has written a checkpoint (mid-training)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list((home / "checkpoints").glob("*/state.pkl")):
+        time.sleep(0.05)
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            command = process.info["cmdline"] or []
+            if "tasks.vae_cf_worker" in command and process.environ().get("HOROVOD_RANK") == "1":
+                process.send_signal(signal.SIGKILL)
+                killed.append(process.pid)
+                return
+
+
+def test_a_killed_horovod_worker_is_retried_by_prefect_and_resumes_the_same_run(
+    home: Path, mirror: Path, prefect_api: None
+) -> None:
+    """VAE-CF (TF) under ``horovodrun -np 2``: one worker SIGKILLed after a checkpoint; the train task fails
+    with WorkerDied, Prefect retries it (retries=1, only for that), and the retry's workers resume the same
+    MLflow run from the checkpoint (every worker's generator state in it) and end equal to an uninterrupted
+    Horovod run."""
+    pytest.importorskip(
+        "horovod.tensorflow", reason="needs the [tf] extra: bash deployments/install_tf_extra.sh"
+    )
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    run = {"home": str(home), "mirror": str(mirror), "models": ["vae_cf"], **VAE_FLOW}
+    run["model_params"] = {"vae_cf": VAE_CF_HOROVOD}
+    [reference] = movielens_benchmark(**run, experiment="reference")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_a_horovod_worker_after_a_checkpoint, args=(home, killed))
+    killer.start()
+    state = movielens_benchmark(**run, return_state=True)
+    killer.join()
+    assert killed, "no Horovod worker was found to kill"
+    [row] = state.result()
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    [resumed] = [r for r in model_run(client, "vae_cf") if r.info.run_id == row["run_id"]]
+    assert resumed.info.status == "FINISHED" and int(resumed.data.tags["benchmark.resumed_from_epoch"]) >= 1
+    assert resumed.info.experiment_id == client.get_experiment_by_name("movielens-benchmark").experiment_id
+    assert len(model_run(client, "vae_cf")) == 1  # the retry made no other run
+    losses = steps(client, resumed.info.run_id, "loss")
+    assert losses == steps(client, reference["run_id"], "loss")  # each epoch once, the same training
+    assert [s for s, _ in losses] == list(range(1, HOROVOD_EPOCHS + 1))
+    for key in ("ndcg_at_100", "recall_at_20", "recall_at_50", "ndcg_at_10"):
+        assert row[key] == reference[key]
+    with get_client(sync_client=True) as prefect:
+        [task_run] = [
+            t
+            for t in prefect.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
+            )
+            if t.name.startswith("train-evaluate")
+        ]
+    assert task_run.run_count == 2 and task_run.state_type.value == "COMPLETED"  # retried once by Prefect

@@ -178,3 +178,25 @@ def test_a_secret_in_the_environment_and_tracking_uri_is_never_stored(
     text = "\n".join(entry.message for entry in logs)
     assert f"at http://bench:***@127.0.0.1:{mlflow_server.rsplit(':', 1)[1]}" in text  # logged, redacted
     assert SECRET not in text and ENV_SECRET not in text
+
+
+def test_the_horovod_workers_params_and_tags_are_redacted(tmp_path: Path) -> None:
+    """The VAE-CF Horovod worker logs to MLflow itself (tasks/vae_cf_worker.py): a credential in a value it
+    logs is stored redacted, as the train task's are."""
+    from tasks import vae_cf_worker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = vae_cf_worker.start_run(uri, "secrets", {"source": f"s3://KEY:{SECRET}@bucket/x"})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "items.json").write_text("[]")
+    for name in ("learning_curve.png", "results.json"):
+        (tmp_path / name).write_text("{}")
+    final = ("ndcg_at_100", "recall_at_20", "recall_at_50", "best_epoch", "epochs_trained", "fit_seconds")
+    results = {key: 0.5 for key in (*final, "users_per_second")}
+    results |= {"params": {"data": f"https://u:{SECRET}@host/x", "epochs": 3}, "adapted_params": {}}
+    results |= {"world_size": 2, "history": []}
+    vae_cf_worker.log_to_mlflow(uri, run_id, results, tmp_path, epochs_logged=True)
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params["data"] == "https://u:***@host/x" and run.data.params["epochs"] == "3"
+    assert run.data.tags["source"] == "s3://KEY:***@bucket/x"
+    assert all(SECRET not in value for value in [*run.data.params.values(), *run.data.tags.values()])
