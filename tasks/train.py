@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import tempfile
 import warnings
@@ -207,10 +208,16 @@ def _stops_on_validation_items(model: Any) -> bool:
     return "validation" in accepts and "validation_fold_in" not in accepts
 
 
+# horovodrun's reports of a worker ended by SIGKILL or SIGTERM ("Process 1 exit with status code 137.",
+# "Exit code: 137"), and the shell's.
+_KILLED = re.compile(
+    r"(status code|Exit code:) (-9|-15|137|143)\b|\bsignal (9|15)\b|SIGKILL|SIGTERM|\bKilled\b"
+)
+
+
 def _killed(returncode: int, output: str) -> bool:
     """Whether a training subprocess (or one of horovodrun's workers) ended by a signal, not an error."""
-    signals = ("status code -9", "status code -15", "signal 9", "signal 15", "Killed", "SIGKILL", "SIGTERM")
-    return returncode < 0 or returncode in (137, 143) or any(s in output for s in signals)
+    return returncode < 0 or returncode in (137, 143) or _KILLED.search(output) is not None
 
 
 def _fit(

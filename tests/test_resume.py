@@ -1,6 +1,8 @@
 """Kill a real ``movielens-benchmark run`` mid-training (SIGKILL), run the same command again: it continues
 the same MLflow run from the last checkpoint, logs every epoch's step exactly once, and ends with the
-metrics of an uninterrupted run with the same seed (CPU: equal)."""
+metrics of an uninterrupted run with the same seed (CPU: equal); the killed run's Prefect flow run is marked
+CRASHED by the next start. Ctrl-C/SIGTERM mid-epoch: the CLI exits within 10 s, its runs KILLED/CANCELLED,
+and the rerun resumes. A killed Horovod worker: Prefect retries the train task, which resumes."""
 
 from __future__ import annotations
 
@@ -396,3 +398,19 @@ def test_a_killed_horovod_worker_is_retried_by_prefect_and_resumes_the_same_run(
             if t.name.startswith("train-evaluate")
         ]
     assert task_run.run_count == 2 and task_run.state_type.value == "COMPLETED"  # retried once by Prefect
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "killed"),
+    [
+        (1, "Process 1 exit with status code 137.", True),  # horovodrun, a worker SIGKILLed
+        (1, "Process name: 0\nExit code: 143\n", True),
+        (-9, "", True),
+        (1, "Process 0 exit with status code 1.\nValueError: bad input", False),  # would fail again
+        (2, "InvalidConfig: vae_cf epochs=0 must be >= 1", False),
+    ],
+)
+def test_only_a_worker_ended_by_a_signal_is_retried(returncode: int, output: str, killed: bool) -> None:
+    from tasks.train import _killed
+
+    assert _killed(returncode, output) is killed
